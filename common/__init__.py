@@ -1,0 +1,1 @@
+"""Code shared by every Vitrine process: configuration, storage, vision and clustering."""

@@ -1,0 +1,162 @@
+"""Everyday commands: migrate, publish photos, run workers, refit on demand."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import Progress
+
+from common.cli import app, console
+from common.config import get_settings
+from common.queues import EMBED_QUEUE, EXPLAIN_QUEUE, REFIT_QUEUE
+
+db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+
+
+def alembic_config():  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    root = Path(__file__).resolve().parents[2]
+    return Config(str(root / "alembic.ini"))
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from alembic import command
+
+    ensure_database(get_settings().database_url)
+    command.upgrade(alembic_config(), revision)
+    console.print(f"database at {revision}")
+
+
+def ensure_database(url: str) -> None:
+    """Create the configured database when the server has none of that name."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    target = make_url(url)
+    engine = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        exists = connection.execute(
+            text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database}
+        ).scalar()
+        if not exists:
+            connection.execute(text(f'CREATE DATABASE "{target.database}"'))
+    engine.dispose()
+
+
+def read_labels(path: Path, column: str) -> dict[str, str]:
+    """image file name → category, from a CSV with an `image` column and COLUMN."""
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields = reader.fieldnames or []
+        if "image" not in fields or column not in fields:
+            raise typer.BadParameter(f"{path} needs columns 'image' and {column!r}; it has {fields}")
+        return {row["image"]: row[column] for row in reader if row[column]}
+
+
+def list_images(directory: Path, limit: int | None) -> list[Path]:
+    if not directory.is_dir():
+        raise typer.BadParameter(f"not a directory: {directory}")
+    images = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return images[:limit] if limit else images
+
+
+def gives_seller_category(name: str, share: float) -> bool:
+    """A stable choice of which listings carry the seller's category (the rest are held back)."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
+
+
+@app.command()
+def publish(
+    images: Annotated[Path, typer.Option(help="Folder of product photos.")],
+    labels: Annotated[Path | None, typer.Option(help="CSV with columns image and a category.")] = None,
+    label_column: str = "category",
+    limit: Annotated[int | None, typer.Option(min=1)] = None,
+    seller_share: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of listings published with their category.")
+    ] = 0.5,
+) -> None:
+    """Upload photos to object storage and publish one listing event per photo."""
+    from common.events import ListingEvent, publish_listings
+    from common.storage import ObjectStore
+
+    settings = get_settings()
+    paths = list_images(images, limit)
+    categories = read_labels(labels, label_column) if labels else {}
+    store = ObjectStore.from_settings(settings)
+    store.ensure_bucket(settings.images_bucket)
+    outcomes: dict[str, int] = {}
+    with Progress(console=console) as progress:
+        task = progress.add_task("publishing", total=len(paths))
+        for start in range(0, len(paths), 50):
+            events = []
+            for path in paths[start : start + 50]:
+                category = categories.get(path.name)
+                events.append(
+                    ListingEvent(
+                        listing_id=path.stem,
+                        image_url=store.upload_photo(settings.images_bucket, path),
+                        seller_category=category if gives_seller_category(path.name, seller_share) else None,
+                    )
+                )
+            for result in publish_listings(events):
+                outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
+            progress.advance(task, len(events))
+    console.print(f"published {len(paths)} listings: {outcomes}")
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Argument(help="Comma-separated: embed, explain, refit.")] = "embed",
+    loglevel: str = "INFO",
+) -> None:
+    """Start a Celery worker for QUEUES with the pool the design needs (solo: no forked CUDA)."""
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = set(names) - {EMBED_QUEUE, EXPLAIN_QUEUE, REFIT_QUEUE}
+    if unknown:
+        raise typer.BadParameter(f"unknown queues: {sorted(unknown)}")
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "-Q",
+        ",".join(names),
+        "--pool",
+        "solo",
+        "--loglevel",
+        loglevel,
+        "-n",
+        f"{'-'.join(names)}@%h",
+    ]
+    os.execv(sys.executable, argv)
+
+
+@app.command()
+def refit(k: Annotated[int | None, typer.Option(min=2)] = None) -> None:
+    """Refit the clusters now (the same function the periodic task runs)."""
+    from dataclasses import asdict
+
+    from common.clustering import refit as run_refit
+    from common.events import send_explanations
+
+    result = run_refit(get_settings(), k=k)
+    if result.skipped_reason:
+        console.print(f"refit skipped: {result.skipped_reason}")
+        raise typer.Exit(1)
+    send_explanations(result.explain)
+    summary = {key: value for key, value in asdict(result).items() if key != "explain"}
+    console.print(summary)

@@ -1,0 +1,137 @@
+"""Vitrine's one configuration class: `VITRINE_*` environment variables or a `.env` file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "VITRINE_"
+DEFAULT_MODEL = "convnext_base.fb_in22k_ft_in1k"
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or wrong; the message names the environment variable."""
+
+
+def _split_list(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Services
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/vitrine"
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str = "vitrine"
+    s3_secret_key: SecretStr = SecretStr("")
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    images_bucket: str = "vitrine-listings"
+    gradcam_bucket: str = "vitrine-gradcam"
+
+    # Model
+    model: str = DEFAULT_MODEL
+    weights: Path | None = None
+    device: str = "auto"
+    batch_size: int = Field(32, ge=1, le=4096)
+    flush_interval: float = Field(1.0, gt=0, le=600)
+    decode_threads: int = Field(2, ge=1, le=64)
+
+    # Safe fetching and decoding of listing photos
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(50_000_000, ge=64 * 64)
+    max_image_side: int = Field(16_384, ge=64)
+    fetch_timeout: float = Field(10.0, gt=0, le=300)
+    allowed_image_formats: Annotated[list[str], NoDecode] = ["JPEG", "PNG", "WEBP", "BMP", "GIF"]
+    # Empty: any public host. Otherwise only these hosts (exact, or a ".suffix" entry).
+    fetch_allowed_hosts: Annotated[list[str], NoDecode] = []
+    # Hosts that may resolve to private or loopback addresses (an internal image store).
+    fetch_private_hosts: Annotated[list[str], NoDecode] = []
+    max_attempts: int = Field(5, ge=1, le=100)
+
+    # Suggestions
+    confidence_threshold: float = Field(0.6, ge=0, le=1)
+    suggestion_method: Literal["centroid", "knn"] = "knn"
+    knn_neighbours: int = Field(15, ge=1, le=1000)
+    # Temperature of the softmax over cosine similarities to the centroids.
+    centroid_temperature: float = Field(0.05, gt=0, le=10)
+
+    # Refit and sweep
+    refit_interval: float = Field(3600.0, gt=0)
+    refit_k: int | None = Field(None, ge=2)
+    refit_max_vectors: int = Field(200_000, ge=100)
+    refit_chunk: int = Field(10_000, ge=100)
+    refit_seed: int = 0
+    requeue_after: float = Field(600.0, gt=0)
+    sweep_interval: float = Field(120.0, gt=0)
+
+    # Explanations
+    explain_sample_rate: float = Field(0.05, ge=0, le=1)
+    presign_expiry: int = Field(900, ge=10, le=7 * 24 * 3600)
+
+    @field_validator("allowed_image_formats", "fetch_allowed_hosts", "fetch_private_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("allowed_image_formats")
+    @classmethod
+    def _upper_formats(cls, value: list[str]) -> list[str]:
+        return [item.upper() for item in value]
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value == "auto" or value == "cpu" or value == "cuda" or value.startswith("cuda:"):
+            return value
+        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgresql+psycopg://")):
+            raise ValueError("must be a postgresql:// or postgresql+psycopg:// URL")
+        # One driver everywhere: psycopg 3.
+        return value.replace("postgresql://", "postgresql+psycopg://", 1)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_exist(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings; turn pydantic's errors into variable names."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            field = ".".join(str(part) for part in problem["loc"])
+            lines.append(f"{ENV_PREFIX}{field.upper()}: {problem['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

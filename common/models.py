@@ -1,0 +1,184 @@
+"""Postgres schema: listings, embeddings, clustering versions, suggestions, moderator decisions."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+class Vector(TypeDecorator[np.ndarray]):
+    """float32 vectors (or matrices, shape kept by the caller) as raw bytes in a bytea column.
+
+    Stock Postgres 15 has no vector type here; bytea of little-endian float32 is compact
+    (4 bytes per value) and loads into numpy without parsing.
+    """
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> bytes | None:
+        if value is None:
+            return None
+        return np.ascontiguousarray(value, dtype="<f4").tobytes()
+
+    def process_result_value(self, value: Any, dialect: Any) -> np.ndarray | None:
+        if value is None:
+            return None
+        return np.frombuffer(value, dtype="<f4")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ListingStatus(enum.StrEnum):
+    queued = "queued"  # accepted, waiting for the embed worker
+    embedded = "embedded"  # embedded, waiting for the first clustering
+    suggested = "suggested"  # terminal: a category is suggested
+    reviewed = "reviewed"  # terminal: a moderator decided
+    failed = "failed"  # terminal: see failure_reason
+
+
+TERMINAL_STATUSES = (ListingStatus.suggested, ListingStatus.reviewed, ListingStatus.failed)
+
+
+class Listing(Base):
+    __tablename__ = "listing"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(200), unique=True)
+    image_url: Mapped[str] = mapped_column(Text)
+    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    seller_category: Mapped[str | None] = mapped_column(String(200))
+    title: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=ListingStatus.queued)
+    failure_reason: Mapped[str | None] = mapped_column(String(40))
+    failure_detail: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    # When the last message for this listing was sent; the sweep re-sends old ones.
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    suggestion: Mapped[Suggestion | None] = relationship(back_populates="listing", uselist=False)
+
+    __table_args__ = (Index("ix_listing_status_enqueued", "status", "enqueued_at"),)
+
+
+class Embedding(Base):
+    __tablename__ = "embedding"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    listing_id: Mapped[int] = mapped_column(ForeignKey("listing.id", ondelete="CASCADE"))
+    backbone_id: Mapped[str] = mapped_column(String(200))
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[np.ndarray] = mapped_column(Vector)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("listing_id", "backbone_id", name="uq_embedding_listing_backbone"),
+        Index("ix_embedding_backbone", "backbone_id", "id"),
+    )
+
+
+class ClusteringVersion(Base):
+    __tablename__ = "clustering_version"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    backbone_id: Mapped[str] = mapped_column(String(200))
+    k: Mapped[int] = mapped_column(Integer)
+    dim: Mapped[int] = mapped_column(Integer)
+    centroids: Mapped[np.ndarray] = mapped_column(Vector)  # k × dim, row-major
+    # [{"category": str | None, "share": float, "counts": {category: n}}] per cluster
+    cluster_categories: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    sizes: Mapped[list[int]] = mapped_column(JSONB)
+    n_vectors: Mapped[int] = mapped_column(Integer)
+    n_labelled: Mapped[int] = mapped_column(Integer)
+    ari: Mapped[float | None] = mapped_column(Float)
+    nmi: Mapped[float | None] = mapped_column(Float)
+    stability_ari: Mapped[float | None] = mapped_column(Float)
+    fit_seconds: Mapped[float] = mapped_column(Float)
+    algorithm: Mapped[str] = mapped_column(String(40))
+    is_current: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        # At most one current version per backbone.
+        Index(
+            "uq_clustering_current",
+            "backbone_id",
+            unique=True,
+            postgresql_where=text("is_current"),
+        ),
+    )
+
+    def centroid_matrix(self) -> np.ndarray:
+        return self.centroids.reshape(self.k, self.dim)
+
+
+class Suggestion(Base):
+    __tablename__ = "suggestion"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    listing_id: Mapped[int] = mapped_column(ForeignKey("listing.id", ondelete="CASCADE"), unique=True)
+    clustering_version_id: Mapped[int] = mapped_column(ForeignKey("clustering_version.id"))
+    backbone_id: Mapped[str] = mapped_column(String(200))
+    cluster: Mapped[int] = mapped_column(Integer)
+    category: Mapped[str | None] = mapped_column(String(200))
+    confidence: Mapped[float] = mapped_column(Float)
+    # [{"category": str, "score": float}], best first, top 3
+    alternatives: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    method: Mapped[str] = mapped_column(String(20))
+    needs_review: Mapped[bool] = mapped_column(Boolean)
+    gradcam_key: Mapped[str | None] = mapped_column(Text)
+    heatmap_key: Mapped[str | None] = mapped_column(Text)
+    gradcam_target: Mapped[str | None] = mapped_column(String(40))
+    explain_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+    listing: Mapped[Listing] = relationship(back_populates="suggestion")
+
+    __table_args__ = (Index("ix_suggestion_review", "needs_review", "confidence"),)
+
+
+class ModeratorDecision(Base):
+    """Audit row for every moderator action; the newest one is the listing's label."""
+
+    __tablename__ = "moderator_decision"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    listing_id: Mapped[int] = mapped_column(ForeignKey("listing.id", ondelete="CASCADE"))
+    action: Mapped[str] = mapped_column(String(16))  # accept | override | skip
+    category: Mapped[str | None] = mapped_column(String(200))
+    suggested_category: Mapped[str | None] = mapped_column(String(200))
+    moderator: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (Index("ix_decision_listing", "listing_id", "id"),)

@@ -1,0 +1,86 @@
+"""Object storage (MinIO, or any S3 endpoint) through the `minio` SDK."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import timedelta
+from io import BytesIO
+from pathlib import Path
+
+from minio import Minio
+from minio.error import S3Error
+
+from common.config import Settings
+
+
+@dataclass
+class ObjectStore:
+    client: Minio
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ObjectStore:
+        endpoint = settings.s3_endpoint.removeprefix("http://").removeprefix("https://")
+        client = Minio(
+            endpoint,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key.get_secret_value(),
+            secure=settings.s3_secure or settings.s3_endpoint.startswith("https://"),
+            region=settings.s3_region,
+        )
+        return cls(client)
+
+    def ensure_bucket(self, bucket: str) -> None:
+        if not self.client.bucket_exists(bucket):
+            try:
+                self.client.make_bucket(bucket)
+            except S3Error as error:  # created meanwhile by another process
+                if error.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    def exists(self, bucket: str, key: str) -> bool:
+        try:
+            self.client.stat_object(bucket, key)
+        except S3Error as error:
+            if error.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket"):
+                return False
+            raise
+        return True
+
+    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> bool:
+        """Write once: returns False (and writes nothing) when the key already exists."""
+        if self.exists(bucket, key):
+            return False
+        self.client.put_object(bucket, key, BytesIO(data), len(data), content_type=content_type)
+        return True
+
+    def get_bytes(self, bucket: str, key: str, max_bytes: int) -> bytes:
+        size = self.client.stat_object(bucket, key).size or 0
+        if size > max_bytes:
+            raise ValueError(f"object is {size} bytes, limit {max_bytes}")
+        response = self.client.get_object(bucket, key)
+        try:
+            return response.read(max_bytes + 1)[:max_bytes]
+        finally:
+            response.close()
+            response.release_conn()
+
+    def presigned_get(self, bucket: str, key: str, expiry_seconds: int) -> str:
+        return self.client.presigned_get_object(bucket, key, expires=timedelta(seconds=expiry_seconds))
+
+    def upload_photo(self, bucket: str, path: Path) -> str:
+        """Upload a listing photo under a content-addressed key; returns its s3:// URL."""
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        key = f"photos/{digest[:2]}/{digest}{path.suffix.lower()}"
+        self.put_bytes(bucket, key, data, content_type=_content_type(path))
+        return f"s3://{bucket}/{key}"
+
+
+def _content_type(path: Path) -> str:
+    return {
+        ".jpg": "image/jpeg",
+        ".jpeg": "image/jpeg",
+        ".png": "image/png",
+        ".webp": "image/webp",
+    }.get(path.suffix.lower(), "application/octet-stream")

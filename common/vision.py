@@ -1,0 +1,168 @@
+"""The image backbone: any timm model without its classifier, weights from the hub cache or a file."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+
+from common.config import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+
+class WeightsUnavailable(ConfigError):
+    """Neither the hub (or its cache) nor VITRINE_WEIGHTS provided pretrained weights."""
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"VITRINE_DEVICE: {requested!r} requested but CUDA is not available")
+    return torch.device(requested)
+
+
+def _weights_digest(model: torch.nn.Module, classifier: str | None) -> str:
+    """sha256 over the backbone's tensors (classifier excluded), so the id names the weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if classifier and name.startswith(classifier + "."):
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def create_model(
+    name: str,
+    weights: Path | None,
+    *,
+    with_classifier: bool = False,
+    allow_random: bool = False,
+) -> tuple[torch.nn.Module, bool]:
+    """A timm model in eval mode and whether it is pretrained.
+
+    Pretrained weights or a clear error; random weights only when the caller allows them.
+    """
+    if not timm.list_models(name.split(".")[0]) and not timm.is_model(name):
+        raise ConfigError(f"VITRINE_MODEL: unknown timm model {name!r}")
+    kwargs: dict[str, Any] = {} if with_classifier else {"num_classes": 0}
+    if weights is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
+    try:
+        model = timm.create_model(name, pretrained=True, **kwargs)
+        pretrained = True
+    except Exception as error:
+        if not allow_random:
+            hint = (
+                f"VITRINE_WEIGHTS={weights} could not be loaded into {name!r}"
+                if weights
+                else f"no pretrained weights for {name!r} in the Hugging Face cache and the hub "
+                "cannot be reached; set VITRINE_WEIGHTS to a local weights file "
+                "(safetensors or a timm checkpoint)"
+            )
+            raise WeightsUnavailable(f"{hint} ({type(error).__name__}: {error})") from None
+        log.warning("using RANDOM weights for %s (benchmark only)", name)
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        pretrained = False
+    return model.eval(), pretrained
+
+
+@dataclass
+class Backbone:
+    """A loaded model with its own preprocessing; `embed` turns photos into unit vectors."""
+
+    name: str
+    model: torch.nn.Module
+    device: torch.device
+    backbone_id: str
+    transform: Any
+    dim: int
+    pretrained: bool = True
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def load(
+        cls,
+        name: str,
+        weights: Path | None = None,
+        device: str = "auto",
+        *,
+        allow_random: bool = False,
+        with_classifier: bool = False,
+    ) -> Backbone:
+        model, pretrained = create_model(
+            name, weights, allow_random=allow_random, with_classifier=with_classifier
+        )
+        torch_device = resolve_device(device)
+        classifier = model.pretrained_cfg.get("classifier") if with_classifier else None
+        digest = _weights_digest(model, classifier)
+        if torch_device.type == "cuda":
+            model = model.to(torch_device, memory_format=torch.channels_last)
+        # timm's data config for this model: input size, interpolation, crop, mean and std.
+        data_config = resolve_data_config({}, model=model)
+        tag = digest[:16] if pretrained else f"random-{digest[:8]}"
+        return cls(
+            name=name,
+            model=model,
+            device=torch_device,
+            backbone_id=f"{name}@{tag}",
+            transform=create_transform(**data_config, is_training=False),
+            dim=int(model.num_features),
+            pretrained=pretrained,
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, allow_random: bool = False, with_classifier: bool = False
+    ) -> Backbone:
+        return cls.load(
+            settings.model,
+            settings.weights,
+            settings.device,
+            allow_random=allow_random,
+            with_classifier=with_classifier,
+        )
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self.transform(image)
+
+    def autocast(self) -> Any:
+        # bf16 on CUDA halves memory traffic; CPU stays fp32 (bf16 is slow on most CPUs).
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return batch.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        return batch
+
+    def pooled_features(self, batch: torch.Tensor) -> torch.Tensor:
+        """Pre-logits features, whether or not the model still has its classifier."""
+        features = self.model.forward_features(batch)
+        return self.model.forward_head(features, pre_logits=True)
+
+    def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
+        """One forward pass over a preprocessed batch → L2-normalised float32 vectors."""
+        with self._lock, torch.inference_mode(), self.autocast():
+            features = self.pooled_features(self.to_device(batch))
+        return F.normalize(features.float(), dim=1).cpu().numpy()
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.embed_tensors(torch.stack([self.preprocess(image) for image in images]))

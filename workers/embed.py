@@ -1,0 +1,50 @@
+"""Queue `embed`: batches of listing ids through the backbone (see `common.pipeline`)."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from celery_batches import Batches, SimpleRequest
+
+from common.clustering import sampled_for_explanation
+from common.config import get_settings
+from common.events import send_explanations
+from common.pipeline import EmbedPipeline
+from common.queues import EMBED_TASK
+from common.vision import Backbone
+from workers.app import app, settings
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def pipeline() -> EmbedPipeline:
+    # Created on the first batch, inside the process that runs it: no CUDA in a forking parent.
+    backbone = Backbone.from_settings(get_settings())
+    log.info("embed worker ready: %s on %s (%d-d)", backbone.backbone_id, backbone.device, backbone.dim)
+    return EmbedPipeline(get_settings(), backbone)
+
+
+@app.task(
+    name=EMBED_TASK,
+    base=Batches,
+    flush_every=settings.batch_size,
+    flush_interval=settings.flush_interval,
+    acks_late=True,
+)
+def embed_listings(requests: list[SimpleRequest]) -> None:
+    listing_ids = [int(request.args[0]) for request in requests]
+    report = pipeline().run(listing_ids)
+    sample = [i for i in report.suggested if sampled_for_explanation(i, settings.explain_sample_rate)]
+    send_explanations(sorted(set(report.needs_review) | set(sample)), app=app)
+    log.info(
+        "embedded %d, failed %d, skipped %d in %.2fs (prepare %.2fs, forward %.2fs, write %.2fs)",
+        len(report.embedded),
+        len(report.failed),
+        len(report.skipped),
+        report.seconds["total"],
+        report.seconds["prepare"],
+        report.seconds["forward"],
+        report.seconds["write"],
+    )

@@ -1,0 +1,32 @@
+"""Queue `refit`: the periodic clustering refit and the sweep of listings left queued."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any
+
+from common.clustering import refit
+from common.events import send_explanations, sweep_stale_listings
+from common.queues import REFIT_TASK, SWEEP_TASK
+from workers.app import app, settings
+
+log = logging.getLogger(__name__)
+
+
+# acks_late is off here on purpose: a refit that dies is simply run at the next beat, and
+# redelivering a long refit to a second worker would only meet the lock.
+@app.task(name=REFIT_TASK, acks_late=False)
+def refit_task() -> dict[str, Any]:
+    result = refit(settings)
+    send_explanations(result.explain, app=app)
+    return asdict(result)
+
+
+@app.task(name=SWEEP_TASK, acks_late=False)
+def sweep_task() -> int:
+    resent = sweep_stale_listings(timedelta(seconds=settings.requeue_after), app=app)
+    if resent:
+        log.warning("re-sent %d listings left queued for over %ss", len(resent), settings.requeue_after)
+    return len(resent)
