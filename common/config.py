@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     requeue_after: float = Field(600.0, gt=0)
     sweep_interval: float = Field(120.0, gt=0)
 
+    # Operations: Flower and the Prometheus exporter
+    flower_user: str | None = None
+    flower_password: SecretStr | None = None
+    flower_port: int = Field(5555, ge=1, le=65535)
+    metrics_port: int = Field(9108, ge=1, le=65535)
+
     # Explanations
     explain_sample_rate: float = Field(0.05, ge=0, le=1)
     presign_expiry: int = Field(900, ge=10, le=7 * 24 * 3600)

@@ -60,25 +60,24 @@ def create_model(
     if not timm.list_models(name.split(".")[0]) and not timm.is_model(name):
         raise ConfigError(f"VITRINE_MODEL: unknown timm model {name!r}")
     kwargs: dict[str, Any] = {} if with_classifier else {"num_classes": 0}
+    if allow_random and weights is None:
+        # Benchmarks only: speed does not depend on the weights, and no download is attempted.
+        log.warning("using RANDOM weights for %s", name)
+        return timm.create_model(name, pretrained=False, **kwargs).eval(), False
     if weights is not None:
         kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
     try:
         model = timm.create_model(name, pretrained=True, **kwargs)
-        pretrained = True
     except Exception as error:
-        if not allow_random:
-            hint = (
-                f"VITRINE_WEIGHTS={weights} could not be loaded into {name!r}"
-                if weights
-                else f"no pretrained weights for {name!r} in the Hugging Face cache and the hub "
-                "cannot be reached; set VITRINE_WEIGHTS to a local weights file "
-                "(safetensors or a timm checkpoint)"
-            )
-            raise WeightsUnavailable(f"{hint} ({type(error).__name__}: {error})") from None
-        log.warning("using RANDOM weights for %s (benchmark only)", name)
-        model = timm.create_model(name, pretrained=False, **kwargs)
-        pretrained = False
-    return model.eval(), pretrained
+        hint = (
+            f"VITRINE_WEIGHTS={weights} could not be loaded into {name!r}"
+            if weights
+            else f"no pretrained weights for {name!r} in the Hugging Face cache and the hub "
+            "cannot be reached; set VITRINE_WEIGHTS to a local weights file "
+            "(safetensors or a timm checkpoint)"
+        )
+        raise WeightsUnavailable(f"{hint} ({type(error).__name__}: {error})") from None
+    return model.eval(), True
 
 
 @dataclass
@@ -105,7 +104,10 @@ class Backbone:
         with_classifier: bool = False,
     ) -> Backbone:
         model, pretrained = create_model(
-            name, weights, allow_random=allow_random, with_classifier=with_classifier
+            name,
+            weights,
+            allow_random=allow_random,
+            with_classifier=with_classifier,
         )
         torch_device = resolve_device(device)
         classifier = model.pretrained_cfg.get("classifier") if with_classifier else None

@@ -69,11 +69,17 @@ def service_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             "VITRINE_S3_SECRET_KEY": "testing",
             "VITRINE_MODEL": "efficientnet_lite0",
             "VITRINE_WEIGHTS": str(LITE0_WEIGHTS),
+            # Tests never download: a missing file must fail fast, not wait on retries.
+            "HF_HUB_OFFLINE": "1",
         }
         saved = {key: os.environ.get(key) for key in env}
         os.environ.update(env)
         config.get_settings.cache_clear()
         db.get_engine.cache_clear()
+        # Test modules may have imported the Celery app before the services were known.
+        from workers.app import app
+
+        app.conf.broker_url = broker_url
         redis.Redis.from_url(broker_url).flushdb()
         migrate(database_url)
         yield env

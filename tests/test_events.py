@@ -1,0 +1,92 @@
+"""Listing events: validated, committed to Postgres before their message, idempotent, swept."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import redis
+from pydantic import ValidationError
+from sqlalchemy import func, select, update
+
+from common.config import Settings
+from common.db import session_scope
+from common.events import ListingEvent, publish_listing, sweep_stale_listings
+from common.models import Listing, ListingStatus
+from common.queues import EMBED_QUEUE
+from workers.app import app
+
+
+def _queued_messages(settings: Settings) -> int:
+    return int(redis.Redis.from_url(settings.broker_url).llen(EMBED_QUEUE))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"listing_id": "", "image_url": "https://img.example.com/a.jpg"},
+        {"listing_id": "a", "image_url": "file:///etc/passwd"},
+        {"listing_id": "a", "image_url": "s3://bucket-only"},
+        {"listing_id": "a", "image_url": "https://img.example.com/a.jpg", "price": 3},
+    ],
+)
+def test_invalid_events_are_refused(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        ListingEvent(**fields)  # type: ignore[arg-type]
+
+
+def test_publish_commits_the_row_then_sends_one_message(settings: Settings, clean_db: None) -> None:
+    result = publish_listing("sku-1", "https://img.example.com/a.jpg", "Watches", "A watch", app=app)
+    assert result.outcome == "created"
+    with session_scope() as session:
+        listing = session.get(Listing, result.listing_id)
+        assert listing is not None
+        assert (listing.status, listing.seller_category, listing.attempts) == ("queued", "Watches", 0)
+    assert _queued_messages(settings) == 1
+
+
+def test_republishing_the_same_listing_and_image_is_a_no_op(settings: Settings, clean_db: None) -> None:
+    first = publish_listing("sku-2", "https://img.example.com/b.jpg", app=app)
+    again = publish_listing("sku-2", "https://img.example.com/b.jpg", app=app)
+    assert again.outcome == "unchanged" and again.listing_id == first.listing_id
+    assert _queued_messages(settings) == 1
+    with session_scope() as session:
+        assert session.execute(select(func.count()).select_from(Listing)).scalar_one() == 1
+
+
+def test_a_new_image_or_a_failed_listing_is_queued_again(settings: Settings, clean_db: None) -> None:
+    first = publish_listing("sku-3", "https://img.example.com/c.jpg", app=app)
+    with session_scope() as session:
+        session.execute(
+            update(Listing)
+            .where(Listing.id == first.listing_id)
+            .values(status=ListingStatus.failed, failure_reason="fetch_timeout", attempts=1)
+        )
+    assert publish_listing("sku-3", "https://img.example.com/c.jpg", app=app).outcome == "requeued"
+    assert publish_listing("sku-3", "https://img.example.com/d.jpg", app=app).outcome == "requeued"
+    with session_scope() as session:
+        listing = session.get(Listing, first.listing_id)
+        assert listing is not None
+        assert (listing.status, listing.failure_reason, listing.attempts) == ("queued", None, 0)
+        assert listing.image_url.endswith("d.jpg")
+    assert _queued_messages(settings) == 3
+
+
+def test_sweep_resends_only_listings_queued_too_long(settings: Settings, clean_db: None) -> None:
+    old = publish_listing("sku-old", "https://img.example.com/old.jpg", app=app)
+    publish_listing("sku-new", "https://img.example.com/new.jpg", app=app)
+    done = publish_listing("sku-done", "https://img.example.com/done.jpg", app=app)
+    redis.Redis.from_url(settings.broker_url).delete(EMBED_QUEUE)  # Redis restarted: messages lost
+    with session_scope() as session:
+        session.execute(
+            update(Listing)
+            .where(Listing.id.in_([old.listing_id, done.listing_id]))
+            .values(enqueued_at=func.now() - timedelta(hours=1))
+        )
+        session.execute(
+            update(Listing).where(Listing.id == done.listing_id).values(status=ListingStatus.suggested)
+        )
+    assert sweep_stale_listings(timedelta(minutes=10), app=app) == [old.listing_id]
+    assert _queued_messages(settings) == 1
+    # Just re-sent: not old any more.
+    assert sweep_stale_listings(timedelta(minutes=10), app=app) == []
