@@ -1,0 +1,147 @@
+"""compose.yaml and .env.example against the code: real commands, known settings, the services needed.
+
+No Docker engine runs here, so each service's command is checked by running it with `--help`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from common.config import ENV_PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "compose.yaml"
+ENV_EXAMPLE = ROOT / ".env.example"
+VITRINE = Path(sys.executable).parent / "vitrine"
+VARIABLE = re.compile(rf"\b{ENV_PREFIX}[A-Z0-9_]+\b")
+# Compose-level names that are not Vitrine settings.
+NOT_SETTINGS = {"VITRINE_IMAGE"}
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|_KEY$|TOKEN")
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return compose()["services"]
+
+
+def command_text(service: dict[str, Any]) -> str:
+    command = service.get("command", [])
+    return " ".join(command) if isinstance(command, list) else str(command)
+
+
+def test_the_design_services_are_all_there() -> None:
+    found = services()
+    for name in ("redis", "postgres", "minio", "migrate", "flower", "metrics"):
+        assert name in found, f"compose.yaml has no {name!r} service"
+    commands = {name: command_text(service) for name, service in found.items()}
+    for queue in ("embed", "explain", "refit"):
+        assert any(cmd == f"vitrine worker {queue}" for cmd in commands.values()), f"no {queue} worker"
+    beats = [name for name, cmd in commands.items() if " beat" in cmd]
+    assert beats == ["beat"], f"exactly one beat is allowed, found {beats}"
+    assert commands["migrate"] == "vitrine db upgrade"
+    assert commands["flower"].startswith("vitrine flower")
+    assert commands["metrics"].startswith("vitrine metrics")
+
+
+def test_gpu_and_cpu_embed_workers_are_alternative_profiles() -> None:
+    found = services()
+    embed = [name for name, s in found.items() if command_text(s) == "vitrine worker embed"]
+    assert sorted(embed) == ["embed", "embed-cpu"]
+    assert found["embed"]["profiles"] == ["gpu"]
+    assert found["embed-cpu"]["profiles"] == ["cpu"]
+    devices = found["embed"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert found["embed-cpu"]["environment"]["VITRINE_DEVICE"] == "cpu"
+    assert "deploy" not in found["embed-cpu"]
+    # Services without a profile always start; the embed worker is the only profiled one.
+    assert {name for name, s in found.items() if "profiles" in s} == {"embed", "embed-cpu"}
+    assert re.search(r"^COMPOSE_PROFILES=gpu$", ENV_EXAMPLE.read_text(), re.MULTILINE)
+
+
+def test_dependencies_wait_for_health_and_migrations() -> None:
+    found = services()
+    for name in ("redis", "postgres", "minio"):
+        assert "healthcheck" in found[name], f"{name} has no healthcheck"
+    assert found["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name, service in found.items():
+        if command_text(service).startswith(("vitrine worker", "celery")):
+            needs = service["depends_on"]
+            assert needs["migrate"]["condition"] == "service_completed_successfully", name
+            assert needs["redis"]["condition"] == "service_healthy", name
+            assert needs["postgres"]["condition"] == "service_healthy", name
+        assert service.get("restart", "").startswith(("unless-stopped", "on-failure")), name
+
+
+def test_volumes_for_state_and_model_weights() -> None:
+    doc = compose()
+    found = doc["services"]
+    assert set(doc["volumes"]) >= {"postgres-data", "minio-data", "hf-cache"}
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in found["postgres"]["volumes"])
+    assert any(v.endswith(":/data") for v in found["minio"]["volumes"])
+    for name in ("embed", "embed-cpu", "explain"):
+        assert "hf-cache:/home/vitrine/.cache/huggingface" in found[name]["volumes"], name
+    assert "9001" in " ".join(found["minio"]["ports"]), "MinIO console port"
+
+
+def test_app_services_share_one_env_file_and_hold_no_inline_secrets() -> None:
+    for name, service in services().items():
+        if command_text(service).startswith(("vitrine", "celery")):
+            assert service["env_file"] == ".env", name
+        environment = service.get("environment", {})
+        assert isinstance(environment, dict), f"{name}: use the mapping form of environment"
+        for key, value in environment.items():
+            text = str(value)
+            if SECRET_NAME.search(key):
+                assert re.fullmatch(r"\$\{[A-Z0-9_]+(:\?[^}]*)?\}", text), f"{name}.{key} must refer to .env"
+            # A password inside a URL must also be a reference.
+            for password in re.findall(r"://[^:/@]+:([^@]+)@", text):
+                assert password.startswith("${"), f"{name}.{key} has an inline password"
+
+
+def test_every_vitrine_variable_is_a_setting_and_every_setting_is_documented() -> None:
+    fields = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    example = ENV_EXAMPLE.read_text()
+    for path in (COMPOSE, ENV_EXAMPLE):
+        unknown = set(VARIABLE.findall(path.read_text())) - fields - NOT_SETTINGS
+        assert not unknown, f"{path.name} names variables that are no setting: {sorted(unknown)}"
+    documented = set(re.findall(rf"^#?\s*({ENV_PREFIX}[A-Z0-9_]+)=", example, re.MULTILINE))
+    assert fields <= documented, f".env.example does not document {sorted(fields - documented)}"
+    for name in ("POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
+        assert re.search(rf"^{name}=", example, re.MULTILINE), name
+    # Every ${VAR} compose interpolates is documented in .env.example.
+    for name in set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text())):
+        assert re.search(rf"^#?\s*{name}=", example, re.MULTILINE), f"{name} is not in .env.example"
+
+
+def app_commands() -> list[tuple[str, list[str]]]:
+    found = []
+    for name, service in services().items():
+        command = service.get("command")
+        if isinstance(command, list) and command and command[0] in ("vitrine", "celery"):
+            found.append((name, command))
+    return found
+
+
+@pytest.mark.parametrize(("service", "command"), app_commands(), ids=[n for n, _ in app_commands()])
+def test_service_command_is_a_real_invocation(service: str, command: list[str], tmp_path: Path) -> None:
+    # --help after the full command line: click rejects unknown commands and options before
+    # it prints the help, so this checks every word of the command, without running it.
+    if command[0] == "vitrine":
+        argv = [str(VITRINE), *command[1:], "--help"]
+    else:
+        argv = [sys.executable, "-m", "celery", *command[1:], "--help"]
+    env = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
+    result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"{service}: {' '.join(command)}\n{result.stdout}\n{result.stderr}"
+    assert "Usage" in result.stdout
