@@ -12,7 +12,9 @@ from common.queues import EMBED_QUEUE, EXPLAIN_QUEUE, QUEUES, REFIT_QUEUE, REFIT
 
 settings = get_settings()
 
-app = Celery("vitrine", broker=settings.broker_url, include=["workers.embed", "workers.refit"])
+app = Celery(
+    "vitrine", broker=settings.broker_url, include=["workers.embed", "workers.explain", "workers.refit"]
+)
 app.conf.update(
     # Results live in Postgres; the broker carries only work.
     task_ignore_result=True,
