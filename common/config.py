@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     model: str = DEFAULT_MODEL
     weights: Path | None = None
     device: str = "auto"
+    # Benchmarks only: without weights, embed with random ones instead of refusing to start.
+    allow_random_weights: bool = False
     batch_size: int = Field(32, ge=1, le=4096)
     flush_interval: float = Field(1.0, gt=0, le=600)
     decode_threads: int = Field(2, ge=1, le=64)

@@ -164,8 +164,6 @@ def test_listing_events_become_suggestions_and_bad_photos_fail_alone(
     )
     correct = Counter(suggestions[i][0] == truth[i] for i in held_back)
     accuracy = correct[True] / len(held_back)
-    print(
-        f"\nheld-back listings: {len(held_back)}, suggestion accuracy {accuracy:.3f}, refit ARI {result.ari:.3f}"
-    )
+    print(f"\nheld-back: {len(held_back)}, suggestion accuracy {accuracy:.3f}, refit ARI {result.ari:.3f}")
     # Chance is 1/7 ≈ 0.14.
     assert accuracy > 0.5

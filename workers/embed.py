@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 @lru_cache(maxsize=1)
 def pipeline() -> EmbedPipeline:
     # Created on the first batch, inside the process that runs it: no CUDA in a forking parent.
-    backbone = Backbone.from_settings(get_settings())
+    settings = get_settings()
+    backbone = Backbone.from_settings(settings, allow_random=settings.allow_random_weights)
     log.info("embed worker ready: %s on %s (%d-d)", backbone.backbone_id, backbone.device, backbone.dim)
-    return EmbedPipeline(get_settings(), backbone)
+    return EmbedPipeline(settings, backbone)
 
 
 @app.task(
