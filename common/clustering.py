@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # Arbitrary constant naming the refit lock among Postgres advisory locks.
 REFIT_LOCK_KEY = 0x56495452  # "VITR"
 KNN_REFERENCE_LIMIT = 50_000
+UPSERT_ROWS = 1_000
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,13 @@ def upsert_suggestions(
         results.append(SuggestionRow(listing_id, scored.category, scored.confidence, needs_review))
     if not rows:
         return []
+    # One statement per slice: Postgres accepts at most 65535 bind parameters per statement.
+    for start in range(0, len(rows), UPSERT_ROWS):
+        _upsert_rows(session, rows[start : start + UPSERT_ROWS])
+    return results
+
+
+def _upsert_rows(session: Session, rows: list[dict[str, object]]) -> None:
     statement = insert(Suggestion).values(rows)
     changed_version = Suggestion.clustering_version_id != statement.excluded.clustering_version_id
     session.execute(
@@ -253,7 +261,6 @@ def upsert_suggestions(
         )
         .values(status=ListingStatus.suggested)
     )
-    return results
 
 
 def _keep_unless(condition, column):  # type: ignore[no-untyped-def]

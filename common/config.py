@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     refit_interval: float = Field(3600.0, gt=0)
     refit_k: int | None = Field(None, ge=2)
     refit_max_vectors: int = Field(200_000, ge=100)
-    refit_chunk: int = Field(10_000, ge=100)
+    refit_chunk: int = Field(10_000, ge=100, le=50_000)
     refit_seed: int = 0
     requeue_after: float = Field(600.0, gt=0)
     sweep_interval: float = Field(120.0, gt=0)

@@ -67,6 +67,8 @@ class LocalServices:
     root: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     pg_data: Path | None = None
+    # Detached servers outlive the command that started them (the demo runs in the background).
+    detach: bool = False
 
     def start_postgres(self) -> str:
         data = self.root / "pgdata"
@@ -84,6 +86,7 @@ class LocalServices:
             [_find("postgres"), "-D", str(data), "-p", str(port), "-k", str(data), "-h", "127.0.0.1"],
             stdout=log,
             stderr=log,
+            start_new_session=self.detach,
             **_as_postgres_user(data),
         )
         self.processes.append(process)
@@ -110,6 +113,7 @@ class LocalServices:
             ],
             stdout=log,
             stderr=log,
+            start_new_session=self.detach,
         )
         self.processes.append(process)
         _wait_for_port(port, "redis-server", process)
@@ -123,6 +127,7 @@ class LocalServices:
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=log,
             stderr=log,
+            start_new_session=self.detach,
         )
         self.processes.append(process)
         _wait_for_port(port, "moto S3 server", process)

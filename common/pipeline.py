@@ -50,14 +50,21 @@ class EmbedPipeline:
     def __init__(self, settings: Settings, backbone: Backbone, store: ObjectStore | None = None):
         self.settings = settings
         self.backbone = backbone
-        self.store = store or ObjectStore.from_settings(settings)
+        self._store = store
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._suggestions: SuggestionModel | None = None
+
+    @property
+    def store(self) -> ObjectStore:
+        # Created on first use: a worker fed only http(s) URLs needs no object store settings.
+        if self._store is None:
+            self._store = ObjectStore.from_settings(self.settings)
+        return self._store
 
     def _prepare(self, listing_id: int, url: str) -> Prepared:
         # Runs in the decode pool: fetch, decode and timm preprocessing release the GIL mostly.
         try:
-            loaded = load_image(url, self.settings, self.store)
+            loaded = load_image(url, self.settings, self.store if url.startswith("s3://") else None)
             return Prepared(listing_id, loaded, self.backbone.preprocess(loaded.image))
         except ImageRejected as error:
             return Prepared(listing_id, error=error)

@@ -8,6 +8,7 @@ from datetime import timedelta
 from io import BytesIO
 from pathlib import Path
 
+import urllib3
 from minio import Minio
 from minio.error import S3Error
 
@@ -21,10 +22,19 @@ class ObjectStore:
     @classmethod
     def from_settings(cls, settings: Settings) -> ObjectStore:
         endpoint = settings.s3_endpoint.removeprefix("http://").removeprefix("https://")
+        secret = settings.s3_secret_key.get_secret_value()
+        # Bounded time-outs and a few retries: a slow store must not hang a worker's batch.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5, read=30),
+            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+            maxsize=10,
+        )
         client = Minio(
             endpoint,
-            access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret_key.get_secret_value(),
+            # Empty keys mean anonymous access (public buckets), not an error at start-up.
+            access_key=settings.s3_access_key if secret else None,
+            secret_key=secret or None,
+            http_client=http,
             secure=settings.s3_secure or settings.s3_endpoint.startswith("https://"),
             region=settings.s3_region,
         )

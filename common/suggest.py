@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# At most this many query × reference similarities at once (float32: 64 MiB).
+KNN_BLOCK_ENTRIES = 16_000_000
+
 
 @dataclass(frozen=True)
 class ScoredCategory:
@@ -60,11 +63,18 @@ class SuggestionModel:
     def _knn_probabilities(self, vectors: np.ndarray) -> np.ndarray:
         assert self.reference_vectors is not None and self.reference_labels is not None
         k = min(self.neighbours, len(self.reference_vectors))
-        sims = vectors @ self.reference_vectors.T
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         probs = np.zeros((len(vectors), len(self.categories)), dtype=np.float64)
-        rows = np.arange(len(vectors))[:, None]
-        np.add.at(probs, (rows, self.reference_labels[top]), np.maximum(sims[rows, top], 0.0))
+        # Blocks of queries keep the similarity matrix (and argpartition's int64 copy) bounded.
+        step = max(1, KNN_BLOCK_ENTRIES // len(self.reference_vectors))
+        for start in range(0, len(vectors), step):
+            sims = vectors[start : start + step] @ self.reference_vectors.T
+            top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            rows = np.arange(len(sims))[:, None]
+            np.add.at(
+                probs[start : start + step],
+                (rows, self.reference_labels[top]),
+                np.maximum(sims[rows, top], 0.0),
+            )
         totals = probs.sum(axis=1, keepdims=True)
         return np.divide(probs, totals, out=np.zeros_like(probs), where=totals > 0)
 

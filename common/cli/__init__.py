@@ -16,11 +16,13 @@ console = Console(stderr=True)
 
 def _register() -> None:
     # Imported here so that each module can `from common.cli import app`.
-    from common.cli import core  # noqa: F401
+    from common.cli import bench, core, demo, evaluate, explain, ops  # noqa: F401
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Vitrine's own progress messages; libraries speak only when something is wrong.
+    logging.getLogger("common").setLevel(logging.INFO)
     _register()
     try:
         app()

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -77,6 +78,52 @@ def gives_seller_category(name: str, share: float) -> bool:
     return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
 
 
+@dataclass(frozen=True)
+class PublishedPhoto:
+    external_id: str
+    category: str | None  # from the labels file, published or held back
+    given_to_seller: bool
+
+
+def publish_folder(
+    images: Path,
+    labels: Path | None,
+    label_column: str = "category",
+    limit: int | None = None,
+    seller_share: float = 0.5,
+) -> tuple[list[PublishedPhoto], dict[str, int]]:
+    """Upload a folder's photos and publish one listing per photo (listing id = file stem)."""
+    from common.events import ListingEvent, publish_listings
+    from common.storage import ObjectStore
+
+    settings = get_settings()
+    paths = list_images(images, limit)
+    categories = read_labels(labels, label_column) if labels else {}
+    store = ObjectStore.from_settings(settings)
+    store.ensure_bucket(settings.images_bucket)
+    outcomes: dict[str, int] = {}
+    published: list[PublishedPhoto] = []
+    with Progress(console=console) as progress:
+        task = progress.add_task("publishing", total=len(paths))
+        for start in range(0, len(paths), 50):
+            events = []
+            for path in paths[start : start + 50]:
+                category = categories.get(path.name)
+                given = category is not None and gives_seller_category(path.name, seller_share)
+                events.append(
+                    ListingEvent(
+                        listing_id=path.stem,
+                        image_url=store.upload_photo(settings.images_bucket, path),
+                        seller_category=category if given else None,
+                    )
+                )
+                published.append(PublishedPhoto(path.stem, category, given))
+            for result in publish_listings(events):
+                outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
+            progress.advance(task, len(events))
+    return published, outcomes
+
+
 @app.command()
 def publish(
     images: Annotated[Path, typer.Option(help="Folder of product photos.")],
@@ -88,32 +135,8 @@ def publish(
     ] = 0.5,
 ) -> None:
     """Upload photos to object storage and publish one listing event per photo."""
-    from common.events import ListingEvent, publish_listings
-    from common.storage import ObjectStore
-
-    settings = get_settings()
-    paths = list_images(images, limit)
-    categories = read_labels(labels, label_column) if labels else {}
-    store = ObjectStore.from_settings(settings)
-    store.ensure_bucket(settings.images_bucket)
-    outcomes: dict[str, int] = {}
-    with Progress(console=console) as progress:
-        task = progress.add_task("publishing", total=len(paths))
-        for start in range(0, len(paths), 50):
-            events = []
-            for path in paths[start : start + 50]:
-                category = categories.get(path.name)
-                events.append(
-                    ListingEvent(
-                        listing_id=path.stem,
-                        image_url=store.upload_photo(settings.images_bucket, path),
-                        seller_category=category if gives_seller_category(path.name, seller_share) else None,
-                    )
-                )
-            for result in publish_listings(events):
-                outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
-            progress.advance(task, len(events))
-    console.print(f"published {len(paths)} listings: {outcomes}")
+    published, outcomes = publish_folder(images, labels, label_column, limit, seller_share)
+    console.print(f"published {len(published)} listings: {outcomes}")
 
 
 @app.command()

@@ -1,0 +1,51 @@
+# The two commands of the README: `make demo` (run) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Sample photos and offline weights when this checkout sits next to them.
+SAMPLES ?= ../shared/data/flipkart
+OFFLINE_WEIGHTS ?= ../shared/weights/efficientnet_lite0.safetensors
+IMAGES ?= $(SAMPLES)/images
+LABELS ?= $(SAMPLES)/labels.csv
+LIMIT ?=
+
+.PHONY: install test lint demo stop bench evaluate clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest
+
+# Without configured weights and without the hub, fall back to the offline backbone.
+demo: install
+	@if [ -z "$$VITRINE_WEIGHTS" ] && [ -f "$(OFFLINE_WEIGHTS)" ]; then \
+	  echo "demo: no VITRINE_WEIGHTS set; using the offline efficientnet_lite0 backbone ($(OFFLINE_WEIGHTS))"; \
+	  export VITRINE_MODEL=efficientnet_lite0 VITRINE_WEIGHTS="$(OFFLINE_WEIGHTS)"; \
+	  $(BIN)/vitrine demo --images "$(IMAGES)" --labels "$(LABELS)" $(if $(LIMIT),--limit $(LIMIT)); \
+	else \
+	  $(BIN)/vitrine demo --images "$(IMAGES)" --labels "$(LABELS)" $(if $(LIMIT),--limit $(LIMIT)); \
+	fi
+
+stop: install
+	$(BIN)/vitrine demo --stop
+
+bench: install
+	$(BIN)/vitrine bench embed --model convnext_base --n 64 --batch-size 16 --images "$(IMAGES)"
+
+evaluate: install
+	$(BIN)/vitrine evaluate --images "$(IMAGES)" --labels "$(LABELS)" \
+	  --model efficientnet_lite0="$(OFFLINE_WEIGHTS)" --out out/evaluate
+
+clean:
+	rm -rf $(VENV) .vitrine out
