@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from common.config import Settings
 from common.imaging import decode_image
 from common.localservices import LocalServices, serve_bytes
-from common.queues import EMBED_QUEUE
+from common.queues import EMBED_QUEUE, worker_argv
 from common.vision import Backbone, resolve_device
 
 
@@ -163,22 +163,7 @@ def embed_worker(env: dict[str, str], batch_size: int, log_path: Path) -> Iterat
     }
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.app",
-                "worker",
-                "-Q",
-                EMBED_QUEUE,
-                "--pool",
-                "solo",
-                "--loglevel",
-                "INFO",
-                "-n",
-                f"bench-{uuid.uuid4().hex[:6]}@%h",
-            ],
+            worker_argv([EMBED_QUEUE], sys.executable, name=f"bench-{uuid.uuid4().hex[:6]}@%h"),
             env=worker_env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -97,7 +97,7 @@ def check_url_allowed(url: str, settings: Settings) -> str:
 def fetch_http(url: str, settings: Settings, client: httpx.Client | None = None) -> bytes:
     """GET with a time-out, a byte cap and the host checks applied to every redirect hop."""
     own_client = client is None
-    client = client or httpx.Client(timeout=settings.fetch_timeout, follow_redirects=False)
+    client = client or http_client(settings)
     try:
         for _ in range(MAX_REDIRECTS + 1):
             check_url_allowed(url, settings)
@@ -135,7 +135,12 @@ def fetch_http(url: str, settings: Settings, client: httpx.Client | None = None)
             client.close()
 
 
-def fetch_image_bytes(url: str, settings: Settings, store: ObjectStore | None = None) -> bytes:
+def fetch_image_bytes(
+    url: str,
+    settings: Settings,
+    store: ObjectStore | None = None,
+    client: httpx.Client | None = None,
+) -> bytes:
     """Bytes of an `http(s)://` or `s3://bucket/key` image URL, within the configured limits."""
     if url.startswith("s3://"):
         bucket, _, key = url[len("s3://") :].partition("/")
@@ -148,7 +153,12 @@ def fetch_image_bytes(url: str, settings: Settings, store: ObjectStore | None = 
             raise ImageRejected(FailureReason.too_many_bytes, str(error)) from None
         except Exception as error:  # the SDK raises several unrelated types
             raise ImageRejected(FailureReason.fetch_failed, f"{type(error).__name__}: {error}") from None
-    return fetch_http(url, settings)
+    return fetch_http(url, settings, client)
+
+
+def http_client(settings: Settings) -> httpx.Client:
+    """One client per worker: creating one costs ~30 ms (TLS context), more than a decode."""
+    return httpx.Client(timeout=settings.fetch_timeout, follow_redirects=False)
 
 
 def decode_image(data: bytes, settings: Settings) -> LoadedImage:
@@ -189,5 +199,10 @@ def decode_image(data: bytes, settings: Settings) -> LoadedImage:
     return LoadedImage(image=rgb, sha256=hashlib.sha256(data).hexdigest(), n_bytes=len(data))
 
 
-def load_image(url: str, settings: Settings, store: ObjectStore | None = None) -> LoadedImage:
-    return decode_image(fetch_image_bytes(url, settings, store), settings)
+def load_image(
+    url: str,
+    settings: Settings,
+    store: ObjectStore | None = None,
+    client: httpx.Client | None = None,
+) -> LoadedImage:
+    return decode_image(fetch_image_bytes(url, settings, store, client), settings)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from common.clustering import load_suggestion_model, upsert_suggestions
 from common.config import Settings
 from common.db import session_scope
-from common.imaging import FailureReason, ImageRejected, LoadedImage, load_image
+from common.imaging import FailureReason, ImageRejected, LoadedImage, http_client, load_image
 from common.models import Embedding, Listing, ListingStatus
 from common.storage import ObjectStore
 from common.suggest import SuggestionModel
@@ -51,6 +51,7 @@ class EmbedPipeline:
         self.settings = settings
         self.backbone = backbone
         self._store = store
+        self.http = http_client(settings)  # thread-safe; shared by the decode threads
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._suggestions: SuggestionModel | None = None
 
@@ -64,7 +65,8 @@ class EmbedPipeline:
     def _prepare(self, listing_id: int, url: str) -> Prepared:
         # Runs in the decode pool: fetch, decode and timm preprocessing release the GIL mostly.
         try:
-            loaded = load_image(url, self.settings, self.store if url.startswith("s3://") else None)
+            store = self.store if url.startswith("s3://") else None
+            loaded = load_image(url, self.settings, store, self.http)
             return Prepared(listing_id, loaded, self.backbone.preprocess(loaded.image))
         except ImageRejected as error:
             return Prepared(listing_id, error=error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from functools import lru_cache
 
 from celery_batches import Batches, SimpleRequest
@@ -18,13 +19,22 @@ from workers.app import app, settings
 log = logging.getLogger(__name__)
 
 
+_loading = threading.Lock()
+
+
 @lru_cache(maxsize=1)
-def pipeline() -> EmbedPipeline:
-    # Created on the first batch, inside the process that runs it: no CUDA in a forking parent.
+def _create_pipeline() -> EmbedPipeline:
     settings = get_settings()
     backbone = Backbone.from_settings(settings, allow_random=settings.allow_random_weights)
     log.info("embed worker ready: %s on %s (%d-d)", backbone.backbone_id, backbone.device, backbone.dim)
     return EmbedPipeline(settings, backbone)
+
+
+def pipeline() -> EmbedPipeline:
+    # Created on the first batch, inside the process that runs it: no CUDA in a forking parent.
+    # The lock keeps the worker's two threads from loading the model twice.
+    with _loading:
+        return _create_pipeline()
 
 
 @app.task(

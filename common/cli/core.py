@@ -15,7 +15,7 @@ from rich.progress import Progress
 
 from common.cli import app, console
 from common.config import get_settings
-from common.queues import EMBED_QUEUE, EXPLAIN_QUEUE, REFIT_QUEUE
+from common.queues import EMBED_QUEUE, EXPLAIN_QUEUE, REFIT_QUEUE, worker_argv
 
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -144,27 +144,12 @@ def worker(
     queues: Annotated[str, typer.Argument(help="Comma-separated: embed, explain, refit.")] = "embed",
     loglevel: str = "INFO",
 ) -> None:
-    """Start a Celery worker for QUEUES with the pool the design needs (solo: no forked CUDA)."""
+    """Start a Celery worker for QUEUES with the pool the design needs (never a forking one)."""
     names = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = set(names) - {EMBED_QUEUE, EXPLAIN_QUEUE, REFIT_QUEUE}
     if unknown:
         raise typer.BadParameter(f"unknown queues: {sorted(unknown)}")
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.app",
-        "worker",
-        "-Q",
-        ",".join(names),
-        "--pool",
-        "solo",
-        "--loglevel",
-        loglevel,
-        "-n",
-        f"{'-'.join(names)}@%h",
-    ]
+    argv = worker_argv(names, sys.executable, loglevel)
     os.execv(sys.executable, argv)
 
 
