@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from common.queues import worker_argv
 from tests.conftest import ROOT
 
 
@@ -20,22 +21,7 @@ def celery_worker(
     env = {**os.environ, **service_env, **extra_env}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.app",
-                "worker",
-                "-Q",
-                queues,
-                "--pool",
-                "solo",
-                "--loglevel",
-                "INFO",
-                "-n",
-                f"test-{queues.replace(',', '-')}@%h",
-            ],
+            worker_argv(queues.split(","), sys.executable, name=f"test-{queues.replace(',', '-')}@%h"),
             cwd=ROOT,
             env=env,
             stdout=log,
