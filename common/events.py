@@ -154,3 +154,26 @@ def send_explanations(listing_ids: Iterable[int], app: Celery | None = None) -> 
     app = app or _celery()
     for listing_id in listing_ids:
         app.send_task(EXPLAIN_TASK, args=[listing_id], queue=EXPLAIN_QUEUE)
+
+
+def sweep_missing_explanations(older_than: timedelta, app: Celery | None = None) -> list[int]:
+    """Ask again for overlays of flagged suggestions that still have none (a lost message)."""
+    from common.models import Suggestion
+
+    cutoff = datetime.now(UTC) - older_than
+    with session_scope() as session:
+        ids = list(
+            session.execute(
+                select(Suggestion.listing_id)
+                .join(Listing, Listing.id == Suggestion.listing_id)
+                .where(
+                    Suggestion.needs_review,
+                    Suggestion.gradcam_key.is_(None),
+                    Suggestion.explain_error.is_(None),
+                    Suggestion.updated_at < cutoff,
+                    Listing.status == ListingStatus.suggested,
+                )
+            ).scalars()
+        )
+    send_explanations(ids, app)
+    return ids

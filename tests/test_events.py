@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 import pytest
 import redis
 from pydantic import ValidationError
@@ -90,3 +91,48 @@ def test_sweep_resends_only_listings_queued_too_long(settings: Settings, clean_d
     assert _queued_messages(settings) == 1
     # Just re-sent: not old any more.
     assert sweep_stale_listings(timedelta(minutes=10), app=app) == []
+
+
+def test_each_queue_gets_only_its_own_messages(settings: Settings, clean_db: None) -> None:
+    from common.events import send_explanations
+    from common.queues import EXPLAIN_QUEUE, REFIT_QUEUE, REFIT_TASK
+
+    client = redis.Redis.from_url(settings.broker_url)
+    # Declare every queue with its binding, as workers do when they start.
+    with app.connection_for_write() as connection:
+        for queue in app.amqp.queues.values():
+            queue(connection.default_channel).declare()
+    publish_listing("sku-routing", "https://img.example.com/r.jpg", app=app)
+    send_explanations([1, 2], app=app)
+    app.send_task(REFIT_TASK)
+    depths = {queue: int(client.llen(queue)) for queue in (EMBED_QUEUE, EXPLAIN_QUEUE, REFIT_QUEUE)}
+    assert depths == {EMBED_QUEUE: 1, EXPLAIN_QUEUE: 2, REFIT_QUEUE: 1}
+
+
+def test_sweep_asks_again_for_overlays_that_never_came(settings: Settings, clean_db: None) -> None:
+    from common.events import sweep_missing_explanations
+    from common.models import ClusteringVersion, Suggestion
+    from common.queues import EXPLAIN_QUEUE
+
+    listings = [publish_listing(f"sku-x{i}", f"https://img.example.com/x{i}.jpg", app=app) for i in range(4)]
+    with session_scope() as session:
+        version = ClusteringVersion(
+            backbone_id="m@1", k=1, dim=2, centroids=np.ones(2, dtype=np.float32), cluster_categories=[],
+            sizes=[4], n_vectors=4, n_labelled=0, fit_seconds=0.1, algorithm="kmeans", is_current=True,
+        )  # fmt: skip
+        session.add(version)
+        session.flush()
+        for i, published in enumerate(listings):
+            session.add(
+                Suggestion(
+                    listing_id=published.listing_id, clustering_version_id=version.id, backbone_id="m@1",
+                    cluster=0, category="Watches", confidence=0.3, alternatives=[], method="knn",
+                    needs_review=i != 3,  # the last one is confident: no overlay needed
+                    gradcam_key="done.png" if i == 1 else None,
+                    explain_error="corrupt_image" if i == 2 else None,
+                    updated_at=func.now() - timedelta(hours=1),
+                )
+            )  # fmt: skip
+        session.execute(update(Listing).values(status=ListingStatus.suggested))
+    assert sweep_missing_explanations(timedelta(minutes=10), app=app) == [listings[0].listing_id]
+    assert redis.Redis.from_url(settings.broker_url).llen(EXPLAIN_QUEUE) == 1

@@ -15,8 +15,9 @@ import httpx
 import pytest
 from celery import Celery
 
+from common.events import publish_listing
 from common.localservices import free_port
-from common.queues import REFIT_QUEUE, SWEEP_TASK
+from common.queues import EMBED_QUEUE, EMBED_TASK, REFIT_QUEUE, SWEEP_TASK
 
 VITRINE = Path(sys.executable).parent / "vitrine"
 USER, PASSWORD = "moderator-ops", "s3cret-Pa55:word"
@@ -74,7 +75,7 @@ def worker_and_flower(
             "workers.app",
             "worker",
             "-Q",
-            REFIT_QUEUE,
+            f"{REFIT_QUEUE},{EMBED_QUEUE}",
             "--pool",
             "solo",
             "-n",
@@ -110,10 +111,7 @@ def test_flower_lists_the_worker_and_its_tasks_behind_basic_auth(
     assert REFIT_QUEUE in [queue["name"] for queue in listed[name]["active_queues"]]
 
     app = Celery("vitrine-test", broker=service_env["VITRINE_BROKER_URL"])
-    try:
-        task_id = app.send_task(SWEEP_TASK, queue=REFIT_QUEUE).id
-    finally:
-        app.close()
+    task_id = app.send_task(SWEEP_TASK, queue=REFIT_QUEUE).id
 
     def task() -> dict[str, Any] | None:
         response = httpx.get(f"{base}/api/tasks", auth=auth, timeout=10)
@@ -123,6 +121,17 @@ def test_flower_lists_the_worker_and_its_tasks_behind_basic_auth(
     seen = wait_for(f"task {task_id} done in /api/tasks", task, logs)
     assert seen["name"] == SWEEP_TASK
     assert seen["worker"] == name
+
+    # A batched embed task (celery-batches) is reported per message too, not left PENDING.
+    publish_listing("flower-sku", "http://no-such-host.invalid/photo.jpg", app=app)
+
+    def embed_task() -> dict[str, Any] | None:
+        response = httpx.get(f"{base}/api/tasks", params={"taskname": EMBED_TASK}, auth=auth, timeout=10)
+        tasks = response.json().values() if response.status_code == 200 else []
+        return next((t for t in tasks if t.get("state") == "SUCCESS"), None)
+
+    embedded = wait_for("a batched embed task done in /api/tasks", embed_task, logs)
+    assert embedded["name"] == EMBED_TASK and embedded["worker"] == name
 
     assert httpx.get(f"{base}/api/workers", timeout=10).status_code == 401
     assert httpx.get(f"{base}/api/tasks", timeout=10).status_code == 401

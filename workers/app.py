@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from common.config import get_settings
 from common.queues import EMBED_QUEUE, EXPLAIN_QUEUE, QUEUES, REFIT_QUEUE, REFIT_TASK, SWEEP_TASK
@@ -19,7 +19,8 @@ app.conf.update(
     # Results live in Postgres; the broker carries only work.
     task_ignore_result=True,
     result_backend=None,
-    task_queues=[Queue(name) for name in QUEUES],
+    # One direct exchange per queue: a message for one queue is never copied to another.
+    task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
     task_default_queue=EMBED_QUEUE,
     task_routes={
         "vitrine.embed_*": {"queue": EMBED_QUEUE},

@@ -15,6 +15,7 @@ from common.pipeline import EmbedPipeline
 from common.queues import EMBED_TASK
 from common.vision import Backbone
 from workers.app import app, settings
+from workers.monitoring import batch_events
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def pipeline() -> EmbedPipeline:
 )
 def embed_listings(requests: list[SimpleRequest]) -> None:
     listing_ids = [int(request.args[0]) for request in requests]
-    report = pipeline().run(listing_ids)
+    with batch_events(app, requests):
+        report = pipeline().run(listing_ids)
     sample = [i for i in report.suggested if sampled_for_explanation(i, settings.explain_sample_rate)]
     send_explanations(sorted(set(report.needs_review) | set(sample)), app=app)
     log.info(

@@ -14,6 +14,7 @@ from common.queues import EXPLAIN_QUEUE, EXPLAIN_TASK
 from common.storage import ObjectStore
 from common.vision import Backbone
 from workers.app import app, settings
+from workers.monitoring import batch_events
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def explain_batch(requests: list[SimpleRequest]) -> None:
     for request in requests:
         listing_id = int(request.args[0])
         attempts[listing_id] = max(attempts.get(listing_id, 0), int(request.kwargs.get("attempt", 0)))
-    report = explain_listings(sorted(attempts), get_settings(), backbone(), store())
+    with batch_events(app, requests):
+        report = explain_listings(sorted(attempts), get_settings(), backbone(), store())
     # Batches cannot retry single requests; a delayed copy of the message is the retry, and the
     # original is acknowledged. Suggestions never wait for this: they are already committed.
     gave_up = []

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from common.clustering import refit
-from common.events import send_explanations, sweep_stale_listings
+from common.events import send_explanations, sweep_missing_explanations, sweep_stale_listings
 from common.queues import REFIT_TASK, SWEEP_TASK
 from workers.app import app, settings
 
@@ -26,7 +26,11 @@ def refit_task() -> dict[str, Any]:
 
 @app.task(name=SWEEP_TASK, acks_late=False)
 def sweep_task() -> int:
-    resent = sweep_stale_listings(timedelta(seconds=settings.requeue_after), app=app)
+    age = timedelta(seconds=settings.requeue_after)
+    resent = sweep_stale_listings(age, app=app)
     if resent:
         log.warning("re-sent %d listings left queued for over %ss", len(resent), settings.requeue_after)
-    return len(resent)
+    explain = sweep_missing_explanations(age, app=app)
+    if explain:
+        log.warning("asked again for %d overlays missing for over %ss", len(explain), settings.requeue_after)
+    return len(resent) + len(explain)
