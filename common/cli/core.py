@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from alembic.config import Config
 from rich.progress import Progress
 
 from common.cli import app, console
@@ -23,11 +24,12 @@ app.add_typer(db_app, name="db")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 
-def alembic_config():  # type: ignore[no-untyped-def]
-    from alembic.config import Config
-
+def alembic_config() -> Config:
     root = Path(__file__).resolve().parents[2]
-    return Config(str(root / "alembic.ini"))
+    config = Config(str(root / "alembic.ini"))
+    # Keep the command's own logging; alembic.ini's would reformat every later log line.
+    config.attributes["configure_logger"] = False
+    return config
 
 
 @db_app.command("upgrade")
@@ -37,7 +39,7 @@ def db_upgrade(revision: str = "head") -> None:
 
     ensure_database(get_settings().database_url)
     command.upgrade(alembic_config(), revision)
-    console.print(f"database at {revision}")
+    console.print(f"database schema at {revision}")
 
 
 def ensure_database(url: str) -> None:

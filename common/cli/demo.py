@@ -275,7 +275,9 @@ def demo(
     published, outcomes = publish_folder(images, labels, label_column, limit, seller_share)
     console.print(f"published {len(published)} listings: {outcomes}")
     ids = [p.external_id for p in published]
+    embedding_started = time.monotonic()
     counts = _wait(ids, {"embedded", "suggested", "reviewed", "failed"}, "embedding", 3600)
+    embedding_seconds = time.monotonic() - embedding_started
     if counts.get("queued"):
         console.print(f"[red]{counts['queued']} listings still queued; see {log_dir}/worker-embed.log[/red]")
         raise typer.Exit(1)
@@ -296,11 +298,16 @@ def demo(
             time.sleep(1)
 
     summary = summarise(published, result)
+    summary["embedding_seconds"] = round(embedding_seconds, 1)
     (state_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     accuracy = summary["accuracy_held_back"]
     console.print(
         f"\n[bold]Vitrine demo[/bold]: {summary['listings']} listings {summary['by_status']}"
         + (f", failures {summary['failures']}" if summary["failures"] else "")
+    )
+    console.print(
+        f"embedded in {embedding_seconds:.0f}s ({len(ids) / max(embedding_seconds, 1e-9):.1f} photos/s "
+        f"with {settings.model} on {settings.device})"
     )
     if result.ari is not None:
         console.print(
