@@ -11,7 +11,6 @@ import os
 import resource
 import sys
 import time
-import uuid
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -128,22 +127,14 @@ def main() -> None:
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
 
-    from alembic import command
-    from alembic.config import Config
-    from sqlalchemy import create_engine, text
+    from common.db import create_scratch_database, drop_database, migrate
 
     server = args.server.replace("postgresql://", "postgresql+psycopg://", 1)
-    name = f"vitrine_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"{server}/{name}"
+    url = create_scratch_database(f"{server}/postgres", "vitrine_bench")
+    name = url.rsplit("/", 1)[1]
     context = multiprocessing.get_context("spawn")
     try:
-        config = Config(str(ROOT / "alembic.ini"))
-        config.attributes["database_url"] = url
-        config.attributes["configure_logger"] = False
-        command.upgrade(config, "head")
+        migrate(url)
         stored = 0
         print(
             f"database {name}; {CLUSTERS} clusters of {DIM}-d unit vectors; max in memory {args.max_vectors}"
@@ -164,9 +155,7 @@ def main() -> None:
             figures["algorithm"] = algorithm_of_current(url)
             print(f"refit n={size}: {figures}", flush=True)
     finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(url)
 
 
 if __name__ == "__main__":

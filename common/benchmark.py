@@ -8,13 +8,10 @@ preprocess + forward over the same images at the same batch size in a tight loop
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from io import BytesIO
 from pathlib import Path
@@ -22,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
 from common.config import Settings
+from common.db import create_scratch_database, drop_database, migrate
 from common.imaging import decode_image
-from common.localservices import LocalServices, serve_bytes
-from common.queues import EMBED_QUEUE, worker_argv
+from common.localservices import LocalServices, celery_worker, serve_bytes
+from common.queues import EMBED_QUEUE
 from common.vision import Backbone, resolve_device
 
 
@@ -106,7 +103,14 @@ def pipeline_ips(
 
     publisher = Celery("vitrine-bench", broker=env["VITRINE_BROKER_URL"])
     files = {f"{i}.jpg": data for i, data in enumerate(photos)}
-    with serve_bytes(files) as base, embed_worker(env, batch_size, log_path):
+    worker_env = {
+        **env,
+        "VITRINE_BATCH_SIZE": str(batch_size),
+        "VITRINE_FLUSH_INTERVAL": "0.5",
+        "VITRINE_EXPLAIN_SAMPLE_RATE": "0",
+    }
+    name = f"bench-{uuid.uuid4().hex[:6]}@%h"
+    with serve_bytes(files) as base, celery_worker([EMBED_QUEUE], worker_env, log_path, name):
 
         def publish(prefix: str, count: int) -> list[str]:
             events = [
@@ -152,35 +156,6 @@ def _failed(external_ids: list[str]) -> int:
         ).scalar_one()
 
 
-@contextmanager
-def embed_worker(env: dict[str, str], batch_size: int, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    worker_env = {
-        **os.environ,
-        **env,
-        "VITRINE_BATCH_SIZE": str(batch_size),
-        "VITRINE_FLUSH_INTERVAL": "0.5",
-        "VITRINE_EXPLAIN_SAMPLE_RATE": "0",
-    }
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            worker_argv([EMBED_QUEUE], sys.executable, name=f"bench-{uuid.uuid4().hex[:6]}@%h"),
-            env=worker_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait(lambda: b" ready." in log_path.read_bytes() or process.poll() is not None, 300, "the worker")
-        if process.poll() is not None:
-            raise RuntimeError(f"worker exited; see {log_path}")
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
 def run_embed_benchmark(
     settings: Settings,
     *,
@@ -203,9 +178,7 @@ def run_embed_benchmark(
     try:
         # Private Redis and a scratch database: the benchmark never touches live queues or rows.
         broker_url = local.start_redis()
-        database_url = _scratch_database(
-            make_url(settings.database_url).set(database="postgres").render_as_string(hide_password=False)
-        )
+        database_url = create_scratch_database(settings.database_url, "vitrine_bench")
         env = {
             "VITRINE_DATABASE_URL": database_url,
             "VITRINE_BROKER_URL": broker_url,
@@ -218,7 +191,7 @@ def run_embed_benchmark(
             env.pop("VITRINE_WEIGHTS", None)
             os.environ.pop("VITRINE_WEIGHTS", None)
         os.environ.update(env)
-        _migrate(database_url)
+        migrate(database_url)
         _reset_caches()
         # Speed does not depend on the weights: without a file the worker may use random ones.
         worker_env = {**env, "VITRINE_ALLOW_RANDOM_WEIGHTS": "0" if weights else "1"}
@@ -229,7 +202,7 @@ def run_embed_benchmark(
         os.environ.update(saved)
         _reset_caches()
         if database_url:
-            _drop_database(database_url)
+            drop_database(database_url)
         local.stop()
     return EmbedBenchmark(
         model=model,
@@ -247,38 +220,11 @@ def run_embed_benchmark(
     )
 
 
-def _migrate(database_url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config(str(Path(__file__).resolve().parents[1] / "alembic.ini"))
-    config.attributes["database_url"] = database_url
-    config.attributes["configure_logger"] = False
-    command.upgrade(config, "head")
-
-
 def _reset_caches() -> None:
     from common import config, db
 
     config.get_settings.cache_clear()
     db.get_engine.cache_clear()
-
-
-def _scratch_database(server_url: str) -> str:
-    name = f"vitrine_bench_{uuid.uuid4().hex[:8]}"
-    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_database(url: str) -> None:
-    target = make_url(url)
-    engine = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
-    engine.dispose()
 
 
 def _wait(predicate: Callable[[], bool], seconds: float, what: str) -> None:

@@ -186,3 +186,32 @@ def serve_bytes(files: dict[str, bytes]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def celery_worker(
+    queues: list[str], env: dict[str, str], log_path: Path, name: str, ready_within: float = 300
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A Vitrine worker process (production command line) for `queues`, stopped on exit."""
+    from common.queues import worker_argv
+
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            worker_argv(queues, sys.executable, name=name),
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + ready_within
+        while b" ready." not in log_path.read_bytes():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise ServiceUnavailable(f"worker did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -34,6 +34,13 @@ class VitrineCollector(Collector):
         )
 
 
+def _by_label(name: str, documentation: str, label: str, values: dict[str, int]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(f"{PREFIX}_{name}", documentation, labels=[label])
+    for key, value in values.items():
+        family.add_metric([key], value)
+    return family
+
+
 def snapshot_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     up = GaugeMetricFamily(f"{PREFIX}_up", "1 when the service answered this scrape.", labels=["service"])
     for service, error in snapshot.services.items():
@@ -41,12 +48,7 @@ def snapshot_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     yield up
 
     if snapshot.queues is not None:
-        depth = GaugeMetricFamily(
-            f"{PREFIX}_queue_depth", "Messages waiting in a Celery queue on Redis.", labels=["queue"]
-        )
-        for queue, n in snapshot.queues.items():
-            depth.add_metric([queue], n)
-        yield depth
+        yield _by_label("queue_depth", "Messages waiting in a Celery queue.", "queue", snapshot.queues)
     if snapshot.unacked is not None:
         yield GaugeMetricFamily(
             f"{PREFIX}_unacked_messages",
@@ -55,17 +57,11 @@ def snapshot_metrics(snapshot: Snapshot) -> Iterator[Metric]:
         )
 
     if snapshot.listings_by_status is not None:
-        listings = GaugeMetricFamily(f"{PREFIX}_listings", "Listings by status.", labels=["status"])
-        for status, n in snapshot.listings_by_status.items():
-            listings.add_metric([status], n)
-        yield listings
+        yield _by_label("listings", "Listings by status.", "status", snapshot.listings_by_status)
     if snapshot.failures_by_reason is not None:
-        failures = GaugeMetricFamily(
-            f"{PREFIX}_listing_failures", "Failed listings by failure reason.", labels=["reason"]
+        yield _by_label(
+            "listing_failures", "Failed listings by failure reason.", "reason", snapshot.failures_by_reason
         )
-        for reason, n in snapshot.failures_by_reason.items():
-            failures.add_metric([reason], n)
-        yield failures
     if snapshot.needs_review is not None:
         yield GaugeMetricFamily(
             f"{PREFIX}_suggestions_awaiting_review",

@@ -7,16 +7,12 @@ binaries, or the session fails with a message that says what is missing.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 
 from common import config, db
 from common.config import Settings
@@ -27,23 +23,6 @@ SHARED = ROOT.parent / "shared"
 FLIPKART = SHARED / "data" / "flipkart"
 LITE0_WEIGHTS = SHARED / "weights" / "efficientnet_lite0.safetensors"
 TABLES = ("moderator_decision", "suggestion", "embedding", "clustering_version", "listing")
-
-
-def _create_database(server_url: str) -> str:
-    name = f"vitrine_test_{uuid.uuid4().hex[:10]}"
-    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_database(server_url: str, url: str) -> None:
-    name = make_url(url).database
-    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +39,7 @@ def service_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         if broker_url is None:
             broker_url = f"redis://127.0.0.1:6379/{10 + os.getpid() % 5}"
         s3_endpoint = local.start_s3()
-        database_url = _create_database(server_url)
+        database_url = db.create_scratch_database(server_url, "vitrine_test")
         env = {
             "VITRINE_DATABASE_URL": database_url,
             "VITRINE_BROKER_URL": broker_url,
@@ -81,7 +60,7 @@ def service_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 
         app.conf.broker_url = broker_url
         redis.Redis.from_url(broker_url).flushdb()
-        migrate(database_url)
+        db.migrate(database_url)
         yield env
         for key, value in saved.items():
             if value is None:
@@ -89,16 +68,9 @@ def service_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             else:
                 os.environ[key] = value
         db.get_engine.cache_clear()
-        _drop_database(server_url, database_url)
+        db.drop_database(database_url)
     finally:
         local.stop()
-
-
-def migrate(database_url: str) -> None:
-    alembic_config = Config(str(ROOT / "alembic.ini"))
-    alembic_config.attributes["database_url"] = database_url
-    alembic_config.attributes["configure_logger"] = False
-    command.upgrade(alembic_config, "head")
 
 
 @pytest.fixture

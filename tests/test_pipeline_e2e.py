@@ -13,12 +13,11 @@ from common.clustering import refit
 from common.config import Settings
 from common.db import session_scope
 from common.events import ListingEvent, publish_listings
-from common.localservices import free_port
+from common.localservices import celery_worker, free_port
 from common.models import TERMINAL_STATUSES, Embedding, Listing, Suggestion
 from common.storage import ObjectStore
 from tests.conftest import FLIPKART
 from tests.helpers import decompression_bomb, real_jpeg, serve_bytes, truncated_jpeg
-from tests.processes import celery_worker
 from workers.app import app
 
 pytestmark = pytest.mark.slow
@@ -84,13 +83,16 @@ def test_listing_events_become_suggestions_and_bad_photos_fail_alone(
     with (
         serve_bytes(bad_files) as base,
         celery_worker(
-            service_env,
-            "embed",
+            ["embed"],
+            {
+                **service_env,
+                "VITRINE_BATCH_SIZE": "16",
+                "VITRINE_FLUSH_INTERVAL": "0.5",
+                "VITRINE_FETCH_PRIVATE_HOSTS": "127.0.0.1",
+                "VITRINE_EXPLAIN_SAMPLE_RATE": "0",
+            },
             tmp_path / "worker.log",
-            VITRINE_BATCH_SIZE="16",
-            VITRINE_FLUSH_INTERVAL="0.5",
-            VITRINE_FETCH_PRIVATE_HOSTS="127.0.0.1",
-            VITRINE_EXPLAIN_SAMPLE_RATE="0",
+            name="e2e-embed@%h",
         ),
     ):
         good_ids = _publish_photos(settings, rows, labelled_every=3)  # 2 of 3 carry a category

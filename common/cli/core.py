@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from alembic.config import Config
 from rich.progress import Progress
 
 from common.cli import app, console
@@ -24,38 +23,14 @@ app.add_typer(db_app, name="db")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 
-def alembic_config() -> Config:
-    root = Path(__file__).resolve().parents[2]
-    config = Config(str(root / "alembic.ini"))
-    # Keep the command's own logging; alembic.ini's would reformat every later log line.
-    config.attributes["configure_logger"] = False
-    return config
-
-
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Apply migrations up to REVISION (default: head)."""
-    from alembic import command
+    from common.db import ensure_database, migrate
 
     ensure_database(get_settings().database_url)
-    command.upgrade(alembic_config(), revision)
+    migrate(revision=revision)
     console.print(f"database schema at {revision}")
-
-
-def ensure_database(url: str) -> None:
-    """Create the configured database when the server has none of that name."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    target = make_url(url)
-    engine = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        exists = connection.execute(
-            text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database}
-        ).scalar()
-        if not exists:
-            connection.execute(text(f'CREATE DATABASE "{target.database}"'))
-    engine.dispose()
 
 
 def read_labels(path: Path, column: str) -> dict[str, str]:

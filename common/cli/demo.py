@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from common import config, db
 from common.cli import app, console
-from common.cli.core import PublishedPhoto, ensure_database, publish_folder
+from common.cli.core import PublishedPhoto, publish_folder
 from common.localservices import LocalServices, ServiceUnavailable, free_port, port_open
 
 STATE_DIR = Path(".vitrine")
@@ -244,12 +244,8 @@ def demo(
     (state_dir / "demo.env").write_text("".join(f"export {k}='{v}'\n" for k, v in sorted(env.items())))
     _state_file(state_dir).write_text(json.dumps({"pids": pids}))
 
-    from alembic import command
-
-    from common.cli.core import alembic_config
-
-    ensure_database(settings.database_url)
-    command.upgrade(alembic_config(), "head")
+    db.ensure_database(settings.database_url)
+    db.migrate()
 
     vitrine = [sys.executable, "-m", "common.cli"]
     celery = [sys.executable, "-m", "celery", "-A", "workers.app"]
@@ -307,7 +303,7 @@ def demo(
     )
     console.print(
         f"embedded in {embedding_seconds:.0f}s ({len(ids) / max(embedding_seconds, 1e-9):.1f} photos/s "
-        f"with {settings.model} on {settings.device})"
+        f"with {settings.model}, VITRINE_DEVICE={settings.device})"
     )
     if result.ari is not None:
         console.print(
