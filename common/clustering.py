@@ -8,11 +8,12 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-from sqlalchemy import func, select, text, update
+from sqlalchemy import ColumnElement, case, func, null, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -60,7 +61,7 @@ class RefitResult:
     skipped_reason: str | None = None
 
 
-def label_expression():  # type: ignore[no-untyped-def]
+def label_expression() -> ColumnElement[str | None]:
     """A listing's label: the newest moderator decision, else the seller's category."""
     decision = (
         select(ModeratorDecision.category)
@@ -263,9 +264,7 @@ def _upsert_rows(session: Session, rows: list[dict[str, object]]) -> None:
     )
 
 
-def _keep_unless(condition, column):  # type: ignore[no-untyped-def]
-    from sqlalchemy import case, null
-
+def _keep_unless(condition: ColumnElement[bool], column: ColumnElement[Any]) -> ColumnElement[Any]:
     return case((condition, null()), else_=column)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -182,12 +182,19 @@ def store_embeddings(
             },
         )
     )
-    for p in prepared:
-        session.execute(
-            update(Listing)
-            .where(Listing.id == p.listing_id)
-            .values(image_sha256=p.loaded.sha256, failure_reason=None, failure_detail=None)  # type: ignore[union-attr]
-        )
+    # One executemany: ORM bulk UPDATE by primary key.
+    session.execute(
+        update(Listing),
+        [
+            {
+                "id": p.listing_id,
+                "image_sha256": p.loaded.sha256,
+                "failure_reason": None,
+                "failure_detail": None,
+            }  # type: ignore[union-attr]
+            for p in prepared
+        ],
+    )
 
 
 def mark_failed(session: Session, listing_id: int, reason: str, detail: str) -> None:
@@ -195,10 +202,4 @@ def mark_failed(session: Session, listing_id: int, reason: str, detail: str) -> 
         update(Listing)
         .where(Listing.id == listing_id)
         .values(status=ListingStatus.failed, failure_reason=str(reason), failure_detail=detail[:2000])
-    )
-
-
-def listing_statuses(session: Session, listing_ids: Sequence[int]) -> dict[int, str]:
-    return dict(
-        session.execute(select(Listing.id, Listing.status).where(Listing.id.in_(listing_ids))).all()  # type: ignore[arg-type]
     )

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 from rich.progress import Progress
@@ -31,20 +32,10 @@ def _state_file(state_dir: Path) -> Path:
     return state_dir / "demo.json"
 
 
-def _host_port(url_or_endpoint: str, default_port: int) -> tuple[str, int]:
-    if "://" in url_or_endpoint:
-        url = make_url(url_or_endpoint) if url_or_endpoint.startswith("postgres") else None
-        if url is not None:
-            return url.host or "127.0.0.1", url.port or default_port
-        rest = url_or_endpoint.split("://", 1)[1].split("/", 1)[0]
-    else:
-        rest = url_or_endpoint
-    host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", str(default_port))
-    return host or "127.0.0.1", int(port or default_port)
-
-
-def _reachable(url: str, default_port: int) -> bool:
-    return port_open(*_host_port(url, default_port))
+def _reachable(address: str, default_port: int) -> bool:
+    """`address`: a service URL (postgresql://…, redis://…) or an S3 endpoint `host:port`."""
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    return port_open(parts.hostname or "127.0.0.1", parts.port or default_port)
 
 
 def bring_up_services(state_dir: Path) -> tuple[dict[str, str], list[int], list[str]]:
@@ -302,8 +293,9 @@ def demo(
         + (f", failures {summary['failures']}" if summary["failures"] else "")
     )
     console.print(
-        f"embedded in {embedding_seconds:.0f}s ({len(ids) / max(embedding_seconds, 1e-9):.1f} photos/s "
-        f"with {settings.model}, VITRINE_DEVICE={settings.device})"
+        f"embedded in {embedding_seconds:.0f}s, worker start-up included "
+        f"({len(ids) / max(embedding_seconds, 1e-9):.1f} photos/s with {settings.model}, "
+        f"VITRINE_DEVICE={settings.device})"
     )
     if result.ari is not None:
         console.print(
