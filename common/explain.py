@@ -12,6 +12,7 @@ from io import BytesIO
 from typing import Any
 
 import cv2
+import httpx
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from timm.data import resolve_data_config
 
 from common.config import Settings
 from common.db import session_scope
-from common.imaging import FailureReason, ImageRejected, LoadedImage, load_image
+from common.imaging import FailureReason, ImageRejected, LoadedImage, http_client, load_image
 from common.models import ClusteringVersion, Listing, Suggestion
 from common.storage import ObjectStore
 from common.vision import Backbone
@@ -300,9 +301,9 @@ def _plan(listing_ids: Sequence[int], backbone: Backbone, report: ExplainReport)
     return work
 
 
-def _load(item: _Work, settings: Settings, store: ObjectStore) -> ImageRejected | None:
+def _load(item: _Work, settings: Settings, store: ObjectStore, client: httpx.Client) -> ImageRejected | None:
     try:
-        item.loaded = load_image(item.image_url, settings, store)
+        item.loaded = load_image(item.image_url, settings, store, client)
     except ImageRejected as error:
         return error
     except Exception as error:  # one bad photo never fails the others
@@ -317,8 +318,12 @@ def explain_listings(
     report = ExplainReport()
     work = _plan(sorted(set(map(int, listing_ids))), backbone, report)
 
-    with ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="explain-load") as pool:
-        errors = list(pool.map(lambda item: _load(item, settings, store), work))
+    # One HTTP client for the batch: creating one per photo costs more than decoding it.
+    with (
+        http_client(settings) as client,
+        ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="explain-load") as pool,
+    ):
+        errors = list(pool.map(lambda item: _load(item, settings, store, client), work))
     ready: list[_Work] = []
     for item, error in zip(work, errors, strict=True):
         if error is None:

@@ -142,24 +142,18 @@ def database_section(session: Session, settings: Settings, snapshot: Snapshot) -
         ).all()
     }
     # Waiting for review: flagged and not yet decided (a decision moves the listing to `reviewed`).
-    snapshot.needs_review = int(
-        session.execute(
-            select(func.count())
-            .select_from(Suggestion)
-            .join(Listing, Listing.id == Suggestion.listing_id)
-            .where(Suggestion.needs_review, Listing.status == ListingStatus.suggested)
-        ).scalar_one()
-    )
-    snapshot.explanations = int(
-        session.execute(
-            select(func.count()).select_from(Suggestion).where(Suggestion.gradcam_key.is_not(None))
-        ).scalar_one()
-    )
-    snapshot.explain_errors = int(
-        session.execute(
-            select(func.count()).select_from(Suggestion).where(Suggestion.explain_error.is_not(None))
-        ).scalar_one()
-    )
+    needs_review, explanations, explain_errors = session.execute(
+        select(
+            func.count().filter(Suggestion.needs_review, Listing.status == ListingStatus.suggested),
+            func.count().filter(Suggestion.gradcam_key.is_not(None)),
+            func.count().filter(Suggestion.explain_error.is_not(None)),
+        )
+        .select_from(Suggestion)
+        .join(Listing, Listing.id == Suggestion.listing_id)
+    ).one()
+    snapshot.needs_review = int(needs_review)
+    snapshot.explanations = int(explanations)
+    snapshot.explain_errors = int(explain_errors)
     now = datetime.now(UTC)
     total, recent = session.execute(
         select(
