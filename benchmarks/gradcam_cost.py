@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common.explain import gradcam_tensors
+from common.gradcam import gradcam_tensors
 from common.vision import Backbone
 
 
@@ -31,7 +31,7 @@ def best_of(repeats: int, run: Callable[[], object]) -> float:
 def measure(backbone: Backbone, batch: torch.Tensor, repeats: int) -> tuple[float, float]:
     centroid = np.zeros(backbone.dim, dtype=np.float32)
     centroid[0] = 1.0
-    forward = best_of(repeats, lambda: backbone.embed_tensors(batch))
+    forward = best_of(repeats, lambda: backbone.forward(list(batch)))
     explain = best_of(repeats, lambda: gradcam_tensors(backbone, batch, [centroid] * len(batch)))
     return forward / len(batch), explain / len(batch)
 
@@ -55,7 +55,7 @@ def main() -> None:
     print(f"{len(images)} photos, batch {args.batch}, torch threads {torch.get_num_threads()}")
     print(f"{'model':<22} {'device':<6} {'forward s/img':>14} {'grad-cam s/img':>15} {'ratio':>6}")
     for backbone in models:
-        batch = torch.stack([backbone.preprocess(image) for image in images])
+        batch = torch.stack([backbone.prepare(image) for image in images])
         forward, explain = measure(backbone, batch, args.repeats)
         print(
             f"{backbone.name:<22} {backbone.device.type:<6} {forward:>14.4f} {explain:>15.4f}"

@@ -1,4 +1,4 @@
-"""Time `common.clustering.refit` at growing numbers of stored 1024-d embeddings in a scratch database.
+"""Time `common.refit.refit` at growing numbers of stored 1024-d embeddings in a scratch database.
 
 Usage: python benchmarks/refit_scale.py [--sizes 10000,100000] [--server postgresql://postgres@127.0.0.1:5432]
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import resource
 import sys
 import time
@@ -80,15 +79,21 @@ def insert_vectors(url: str, start: int, stop: int) -> None:
 
 def run_refit(url: str, max_vectors: int, method: str, results: Any) -> None:
     """In a fresh process, so that its peak RSS is the refit's own."""
-    os.environ["VITRINE_DATABASE_URL"] = url
-    os.environ["VITRINE_MODEL"] = BACKBONE.split("@")[0]
-    from common.clustering import refit
     from common.config import load_settings
+    from common.db import Database
+    from common.refit import refit
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    settings = load_settings(database_url=url, refit_max_vectors=max_vectors, suggestion_method=method)
-    result = refit(settings)
+    settings = load_settings(
+        database_url=url,
+        model=BACKBONE.split("@")[0],
+        refit_max_vectors=max_vectors,
+        suggestion_method=method,
+    )
+    db = Database(url)
+    result = refit(db, settings)
+    db.dispose()
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     results.put(
@@ -127,7 +132,8 @@ def main() -> None:
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
 
-    from common.db import create_scratch_database, drop_database, migrate
+    from common.db import drop_database, migrate
+    from vitrine.devservices import create_scratch_database
 
     server = args.server.replace("postgresql://", "postgresql+psycopg://", 1)
     url = create_scratch_database(f"{server}/postgres", "vitrine_bench")

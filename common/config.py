@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     # Benchmarks only: without weights, embed with random ones instead of refusing to start.
     allow_random_weights: bool = False
     batch_size: int = Field(32, ge=1, le=4096)
+    # Grad-CAM keeps activations and gradients of the last stage: smaller batches than embedding.
+    explain_batch_size: int = Field(16, ge=1, le=1024)
     flush_interval: float = Field(1.0, gt=0, le=600)
     decode_threads: int = Field(2, ge=1, le=64)
 
@@ -119,6 +121,11 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis:// or rediss:// URL")
         return value
 
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("weights")
     @classmethod
     def _weights_exist(cls, value: Path | None) -> Path | None:
@@ -127,8 +134,22 @@ class Settings(BaseSettings):
         return value
 
 
+def with_environment(env: Mapping[str, str]) -> Settings:
+    """The settings as a child process started with `env` laid over this environment will read them."""
+    overrides = {
+        key.removeprefix(ENV_PREFIX).lower(): value
+        for key, value in env.items()
+        if key.startswith(ENV_PREFIX)
+    }
+    return load_settings(**overrides)
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read and validate the settings; turn pydantic's errors into variable names."""
+    """Read and validate the settings; turn pydantic's errors into variable names.
+
+    Each process calls this once, at start, and hands the result to what needs it: nothing in
+    the library reads the environment on its own.
+    """
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
@@ -137,9 +158,3 @@ def load_settings(**overrides: object) -> Settings:
             field = ".".join(str(part) for part in problem["loc"])
             lines.append(f"{ENV_PREFIX}{field.upper()}: {problem['msg']}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process-wide settings, read once."""
-    return load_settings()

@@ -8,15 +8,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 from urllib.parse import urlsplit
 
-from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from common.db import session_scope
-from common.models import Listing, ListingStatus
-from common.queues import EMBED_QUEUE, EMBED_TASK, EXPLAIN_QUEUE, EXPLAIN_TASK
+from common.db import Database
+from common.messages import Publisher
+from common.models import Listing, ListingStatus, Suggestion
 
 
 class ListingEvent(BaseModel):
@@ -97,40 +96,35 @@ def record_listing(session: Session, event: ListingEvent) -> Published:
     return Published(listing.id, event.listing_id, "requeued")
 
 
-def send_to_embed(app: Celery, listing_ids: Iterable[int]) -> None:
-    for listing_id in listing_ids:
-        app.send_task(EMBED_TASK, args=[listing_id], queue=EMBED_QUEUE)
-
-
-def publish_listings(events: Iterable[ListingEvent], app: Celery | None = None) -> list[Published]:
+def publish_listings(db: Database, publisher: Publisher, events: Iterable[ListingEvent]) -> list[Published]:
     """Commit the rows first, then send one message per listing that needs work."""
     events = list(events)
-    with session_scope() as session:
+    with db.transaction() as session:
         results = [record_listing(session, event) for event in events]
     # Only after the commit: a worker must always find the row its message names.
-    send_to_embed(app or _celery(), [r.listing_id for r in results if r.outcome != "unchanged"])
+    publisher.embed(r.listing_id for r in results if r.outcome != "unchanged")
     return results
 
 
 def publish_listing(
+    db: Database,
+    publisher: Publisher,
     listing_id: str,
     image_url: str,
     seller_category: str | None = None,
     title: str | None = None,
-    *,
-    app: Celery | None = None,
 ) -> Published:
     """Publish one listing event; safe to call again with the same arguments."""
     event = ListingEvent(
         listing_id=listing_id, image_url=image_url, seller_category=seller_category, title=title
     )
-    return publish_listings([event], app=app)[0]
+    return publish_listings(db, publisher, [event])[0]
 
 
-def sweep_stale_listings(older_than: timedelta, app: Celery | None = None) -> list[int]:
+def sweep_stale_listings(db: Database, publisher: Publisher, older_than: timedelta) -> list[int]:
     """Re-send listings still `queued` after `older_than` (Redis may have lost their message)."""
     cutoff = datetime.now(UTC) - older_than
-    with session_scope() as session:
+    with db.transaction() as session:
         ids = list(
             session.execute(
                 update(Listing)
@@ -139,29 +133,14 @@ def sweep_stale_listings(older_than: timedelta, app: Celery | None = None) -> li
                 .returning(Listing.id)
             ).scalars()
         )
-    send_to_embed(app or _celery(), ids)
+    publisher.embed(ids)
     return ids
 
 
-def _celery() -> Celery:
-    from workers.app import app  # the publisher needs only the app's broker settings
-
-    return app
-
-
-def send_explanations(listing_ids: Iterable[int], app: Celery | None = None) -> None:
-    """Ask the explain worker for Grad-CAM overlays of these listings' suggestions."""
-    app = app or _celery()
-    for listing_id in listing_ids:
-        app.send_task(EXPLAIN_TASK, args=[listing_id], queue=EXPLAIN_QUEUE)
-
-
-def sweep_missing_explanations(older_than: timedelta, app: Celery | None = None) -> list[int]:
+def sweep_missing_explanations(db: Database, publisher: Publisher, older_than: timedelta) -> list[int]:
     """Ask again for overlays of flagged suggestions that still have none (a lost message)."""
-    from common.models import Suggestion
-
     cutoff = datetime.now(UTC) - older_than
-    with session_scope() as session:
+    with db.transaction() as session:
         ids = list(
             session.execute(
                 select(Suggestion.listing_id)
@@ -175,5 +154,5 @@ def sweep_missing_explanations(older_than: timedelta, app: Celery | None = None)
                 )
             ).scalars()
         )
-    send_explanations(ids, app)
+    publisher.explain(ids)
     return ids

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import socket
+import struct
 import warnings
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,6 +19,9 @@ from common.config import Settings
 from common.storage import ObjectStore
 
 MAX_REDIRECTS = 3
+# What Pillow raises for broken image data. Anything else is a fault of ours, not the photo's:
+# it is retried (see `FailureReason.internal_error`), never recorded as a corrupt photo.
+DECODE_ERRORS: tuple[type[Exception], ...] = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
 
 class FailureReason(StrEnum):
@@ -36,6 +40,11 @@ class FailureReason(StrEnum):
     animated_image = "animated_image"
     corrupt_image = "corrupt_image"
     too_many_attempts = "too_many_attempts"
+    internal_error = "internal_error"  # a fault of ours (a bug), retried under the attempts cap
+
+
+# Not the photo's fault: the listing is tried again (within the attempts cap) instead of failing.
+RETRIED_REASONS = frozenset({FailureReason.internal_error})
 
 
 class ImageRejected(Exception):
@@ -45,6 +54,10 @@ class ImageRejected(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+    @classmethod
+    def internal(cls, error: BaseException) -> ImageRejected:
+        return cls(FailureReason.internal_error, f"{type(error).__name__}: {error}")
 
 
 @dataclass(frozen=True)
@@ -172,7 +185,7 @@ def decode_image(data: bytes, settings: Settings) -> LoadedImage:
         raise ImageRejected(FailureReason.not_an_image, "bytes are not a known image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageRejected(FailureReason.decompression_bomb, str(error)) from None
-    except Exception as error:
+    except DECODE_ERRORS as error:
         raise ImageRejected(FailureReason.corrupt_image, f"{type(error).__name__}: {error}") from None
 
     if image.format not in settings.allowed_image_formats:
@@ -189,12 +202,13 @@ def decode_image(data: bytes, settings: Settings) -> LoadedImage:
             FailureReason.image_too_large,
             f"{width}x{height} exceeds side {settings.max_image_side}",
         )
-    if getattr(image, "n_frames", 1) > 1:
-        raise ImageRejected(FailureReason.animated_image, f"{image.n_frames} frames")
+    frames = int(getattr(image, "n_frames", 1))
+    if frames > 1:
+        raise ImageRejected(FailureReason.animated_image, f"{frames} frames")
     try:
         image.load()
         rgb = image.convert("RGB")
-    except Exception as error:  # truncated or corrupt data surfaces only when decoding
+    except DECODE_ERRORS as error:  # truncated or corrupt data surfaces only when decoding
         raise ImageRejected(FailureReason.corrupt_image, f"{type(error).__name__}: {error}") from None
     return LoadedImage(image=rgb, sha256=hashlib.sha256(data).hexdigest(), n_bytes=len(data))
 

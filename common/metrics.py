@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from common.config import Settings
+from common.db import Database
 from common.status import THROUGHPUT_WINDOW, Snapshot, collect
 
 PREFIX = "vitrine"
@@ -18,14 +19,15 @@ PREFIX = "vitrine"
 class VitrineCollector(Collector):
     """Reads a fresh snapshot per scrape, so the exporter holds no state that can drift."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
+        self.db = db
 
     def collect(self) -> Iterator[Metric]:
         started = time.monotonic()
         # No worker ping (it always waits its full timeout) and no S3 probe: Flower's own
         # /metrics covers workers, and S3 is only touched by the explain worker.
-        snapshot = collect(self.settings, ping_timeout=None, check_s3=False)
+        snapshot = collect(self.settings, self.db, ping_timeout=None, check_s3=False)
         yield from snapshot_metrics(snapshot)
         yield GaugeMetricFamily(
             f"{PREFIX}_scrape_duration_seconds",
@@ -126,8 +128,8 @@ def _clustering_metrics(snapshot: Snapshot) -> Iterator[Metric]:
         )
 
 
-def registry(settings: Settings) -> CollectorRegistry:
+def registry(settings: Settings, db: Database) -> CollectorRegistry:
     """A registry with only Vitrine's collector (no process metrics of the exporter itself)."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(VitrineCollector(settings))
+    reg.register(VitrineCollector(settings, db))
     return reg

@@ -9,29 +9,27 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from common.clustering import load_suggestion_model, upsert_suggestions
 from common.config import Settings
-from common.db import session_scope
-from common.imaging import FailureReason, ImageRejected, LoadedImage, http_client, load_image
+from common.db import Database
+from common.imaging import FailureReason, LoadedImage, http_client, load_image
 from common.models import Embedding, Listing, ListingStatus
 from common.storage import ObjectStore
 from common.suggest import SuggestionModel
-from common.vision import Backbone
+from common.suggestions import explanation_wanted, load_suggestion_model, upsert_suggestions
+from common.vision import Backbone, Prepared, embed_prepared, prepare_batch
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Prepared:
+@dataclass(frozen=True)
+class Claimed:
     listing_id: int
-    loaded: LoadedImage | None = None
-    tensor: torch.Tensor | None = None
-    error: ImageRejected | None = None
+    url: str
+    attempts: int
 
 
 @dataclass
@@ -40,131 +38,102 @@ class BatchReport:
     suggested: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     skipped: list[int] = field(default_factory=list)
-    needs_review: list[int] = field(default_factory=list)
+    explain: list[int] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
 class EmbedPipeline:
-    """Holds what a worker process keeps between batches: model, thread pool, suggestion model."""
+    """What an embed worker keeps between batches: model, decode threads, HTTP client, suggestion model."""
 
-    def __init__(self, settings: Settings, backbone: Backbone, store: ObjectStore | None = None):
+    def __init__(self, settings: Settings, db: Database, backbone: Backbone, store: ObjectStore) -> None:
         self.settings = settings
+        self.db = db
         self.backbone = backbone
-        self._store = store
+        self.store = store
         self.http = http_client(settings)  # thread-safe; shared by the decode threads
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._suggestions: SuggestionModel | None = None
 
-    @property
-    def store(self) -> ObjectStore:
-        # Created on first use: a worker fed only http(s) URLs needs no object store settings.
-        if self._store is None:
-            self._store = ObjectStore.from_settings(self.settings)
-        return self._store
-
-    def _prepare(self, listing_id: int, url: str) -> Prepared:
-        # Runs in the decode pool: fetch, decode and timm preprocessing release the GIL mostly.
-        try:
-            store = self.store if url.startswith("s3://") else None
-            loaded = load_image(url, self.settings, store, self.http)
-            return Prepared(listing_id, loaded, self.backbone.preprocess(loaded.image))
-        except ImageRejected as error:
-            return Prepared(listing_id, error=error)
-        except Exception as error:  # one bad photo must never fail its batch
-            log.exception("unexpected error preparing listing %s", listing_id)
-            return Prepared(
-                listing_id,
-                error=ImageRejected(FailureReason.corrupt_image, f"{type(error).__name__}: {error}"),
-            )
-
-    def suggestion_model(self, session: Session) -> SuggestionModel | None:
-        self._suggestions = load_suggestion_model(
-            session, self.backbone.backbone_id, self.settings, cached=self._suggestions
-        )
-        return self._suggestions
+    def load(self, item: Claimed) -> LoadedImage:
+        return load_image(item.url, self.settings, self.store, self.http)
 
     def run(self, listing_ids: Sequence[int]) -> BatchReport:
         report = BatchReport()
         started = time.perf_counter()
-        claimed = claim_listings(sorted(set(listing_ids)), self.settings.max_attempts)
-        report.skipped = sorted(set(listing_ids) - {c[0] for c in claimed})
-        over = [lid for lid, _url, attempts in claimed if attempts > self.settings.max_attempts]
-        work = [(lid, url) for lid, url, attempts in claimed if attempts <= self.settings.max_attempts]
+        claimed = claim_listings(self.db, sorted(set(listing_ids)))
+        report.skipped = sorted(set(listing_ids) - {c.listing_id for c in claimed})
+        over = [c for c in claimed if c.attempts > self.settings.max_attempts]
+        work = [c for c in claimed if c.attempts <= self.settings.max_attempts]
 
-        prepared = list(self.pool.map(lambda item: self._prepare(*item), work))
+        prepared = prepare_batch(self.backbone, work, self.load, self.pool)
         good = [p for p in prepared if p.tensor is not None]
         report.seconds["prepare"] = time.perf_counter() - started
 
         forward_started = time.perf_counter()
-        vectors = (
-            self.backbone.embed_tensors(torch.stack([p.tensor for p in good]))  # type: ignore[misc]
-            if good
-            else np.zeros((0, self.backbone.dim), dtype=np.float32)
-        )
+        vectors = embed_prepared(self.backbone, prepared)
         report.seconds["forward"] = time.perf_counter() - forward_started
 
         write_started = time.perf_counter()
-        with session_scope() as session:
-            model = self.suggestion_model(session)
-            store_embeddings(session, self.backbone, good, vectors)
-            if model is not None and good:
-                rows = upsert_suggestions(
-                    session, model, [p.listing_id for p in good], vectors, self.settings
-                )
-                report.suggested = [r.listing_id for r in rows]
-                report.needs_review = [r.listing_id for r in rows if r.needs_review]
-            else:
-                session.execute(
-                    update(Listing)
-                    .where(Listing.id.in_([p.listing_id for p in good]))
-                    .values(status=ListingStatus.embedded)
-                )
+        with self.db.transaction() as session:
+            self._store_results(session, good, vectors, report)
             for p in prepared:
                 if p.error is not None:
-                    mark_failed(session, p.listing_id, p.error.reason, p.error.detail)
-                    report.failed[p.listing_id] = p.error.reason
-            for listing_id in over:
-                mark_failed(
-                    session,
-                    listing_id,
-                    FailureReason.too_many_attempts,
-                    f"gave up after {self.settings.max_attempts} attempts",
-                )
-                report.failed[listing_id] = FailureReason.too_many_attempts
-        report.embedded = [p.listing_id for p in good]
+                    mark_failed(session, p.source.listing_id, p.error.reason, p.error.detail)
+                    report.failed[p.source.listing_id] = p.error.reason
+            for item in over:
+                detail = f"gave up after {self.settings.max_attempts} attempts"
+                mark_failed(session, item.listing_id, FailureReason.too_many_attempts, detail)
+                report.failed[item.listing_id] = FailureReason.too_many_attempts
+        report.embedded = [p.source.listing_id for p in good]
         report.seconds["write"] = time.perf_counter() - write_started
         report.seconds["total"] = time.perf_counter() - started
         return report
 
+    def _store_results(
+        self, session: Session, good: list[Prepared[Claimed]], vectors: np.ndarray, report: BatchReport
+    ) -> None:
+        """Embeddings, then a suggestion under the current clustering (or `embedded` without one)."""
+        store_embeddings(session, self.backbone, good, vectors)
+        ids = [p.source.listing_id for p in good]
+        self._suggestions = load_suggestion_model(
+            session, self.backbone.backbone_id, self.settings, cached=self._suggestions
+        )
+        if self._suggestions is None:
+            session.execute(update(Listing).where(Listing.id.in_(ids)).values(status=ListingStatus.embedded))
+            return
+        rows = upsert_suggestions(session, self._suggestions, ids, vectors, self.settings)
+        report.suggested = [r.listing_id for r in rows]
+        report.explain = explanation_wanted(rows, self.settings.explain_sample_rate)
 
-def claim_listings(listing_ids: Sequence[int], max_attempts: int) -> list[tuple[int, str, int]]:
-    """Count an attempt for each listing still queued; return (id, url, attempts).
+
+def claim_listings(db: Database, listing_ids: Sequence[int]) -> list[Claimed]:
+    """Count an attempt for each listing still queued.
 
     Committed before the work starts, so a photo that kills its worker is given up on after
     `max_attempts` deliveries instead of being retried forever.
     """
     if not listing_ids:
         return []
-    with session_scope() as session:
+    with db.transaction() as session:
         rows = session.execute(
             update(Listing)
             .where(Listing.id.in_(listing_ids), Listing.status == ListingStatus.queued)
             .values(attempts=Listing.attempts + 1)
             .returning(Listing.id, Listing.image_url, Listing.attempts)
         ).all()
-    return [(row[0], row[1], row[2]) for row in rows]
+    return [Claimed(row[0], row[1], row[2]) for row in rows]
 
 
 def store_embeddings(
-    session: Session, backbone: Backbone, prepared: Sequence[Prepared], vectors: np.ndarray
+    session: Session, backbone: Backbone, prepared: Sequence[Prepared[Claimed]], vectors: np.ndarray
 ) -> None:
     if not prepared:
         return
     rows = [
         {
-            "listing_id": p.listing_id,
+            "listing_id": p.source.listing_id,
             "backbone_id": backbone.backbone_id,
-            "image_sha256": p.loaded.sha256,  # type: ignore[union-attr]
+            "image_sha256": p.sha256,
             "dim": backbone.dim,
             "vector": vector,
         }
@@ -187,11 +156,11 @@ def store_embeddings(
         update(Listing),
         [
             {
-                "id": p.listing_id,
-                "image_sha256": p.loaded.sha256,
+                "id": p.source.listing_id,
+                "image_sha256": p.sha256,
                 "failure_reason": None,
                 "failure_detail": None,
-            }  # type: ignore[union-attr]
+            }
             for p in prepared
         ],
     )

@@ -1,4 +1,8 @@
-"""Queue and task names: the one place both publishers and workers read them from."""
+"""Queue and task names and their declarations: the one place publishers and workers read them from."""
+
+from __future__ import annotations
+
+from kombu import Exchange, Queue
 
 EMBED_QUEUE = "embed"
 EXPLAIN_QUEUE = "explain"
@@ -11,16 +15,15 @@ REFIT_TASK = "vitrine.refit"
 SWEEP_TASK = "vitrine.sweep_stale"
 
 
-def worker_argv(queues: list[str], python: str, loglevel: str = "INFO", name: str | None = None) -> list[str]:
-    """The command line of a Vitrine worker for `queues`.
+def declarations() -> list[Queue]:
+    """One direct exchange per queue: a message for one queue is never copied to another."""
+    return [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES]
 
-    Never a forking pool, so CUDA is only ever initialised in the process that uses it. The
-    embed queue gets two threads: while one batch is in the forward pass (which releases the
-    GIL and holds the model's lock), the next batch's photos are fetched and decoded beside it.
-    Each batch is still acknowledged only after its own transaction commits.
-    """
-    pool = ["--pool", "threads", "--concurrency", "2"] if queues == [EMBED_QUEUE] else ["--pool", "solo"]
-    return [
-        python, "-m", "celery", "-A", "workers.app", "worker", "-Q", ",".join(queues), *pool,
-        "--loglevel", loglevel, "-n", name or f"{'-'.join(queues)}@%h",
-    ]  # fmt: skip
+
+def routes() -> dict[str, dict[str, str]]:
+    return {
+        EMBED_TASK: {"queue": EMBED_QUEUE},
+        EXPLAIN_TASK: {"queue": EXPLAIN_QUEUE},
+        REFIT_TASK: {"queue": REFIT_QUEUE},
+        SWEEP_TASK: {"queue": REFIT_QUEUE},
+    }

@@ -7,18 +7,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
+import kombu.exceptions
 import redis
-import urllib3
-from minio import Minio
-from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from common.config import Settings
+from common.db import Database
+from common.messages import producer_app
 from common.models import ClusteringVersion, Embedding, Listing, ListingStatus, Suggestion
 from common.queues import QUEUES
+from common.storage import STORAGE_ERRORS, ObjectStore
 
 # kombu's Redis transport keeps one list per priority step: `name`, then `name\x06\x16{step}`.
 KOMBU_PRIORITY_SEP = "\x06\x16"
@@ -87,12 +89,10 @@ CLUSTERING_KEYS = (
 )
 
 
-@lru_cache(maxsize=4)
-def status_engine(url: str) -> Engine:
-    # Its own small pool with a connect timeout: a status probe must fail fast, not hang.
-    return create_engine(
-        url,
-        pool_pre_ping=True,
+def status_database(settings: Settings) -> Database:
+    """A small pool with a connect timeout: a status probe must fail fast, not hang."""
+    return Database(
+        settings.database_url,
         pool_size=2,
         max_overflow=2,
         connect_args={"connect_timeout": int(CONNECT_TIMEOUT)},
@@ -105,23 +105,6 @@ def redis_client(settings: Settings) -> redis.Redis:
     )
 
 
-def s3_client(settings: Settings) -> Minio:
-    endpoint = settings.s3_endpoint.removeprefix("http://").removeprefix("https://")
-    # One short try: the SDK's default retries with back-off make an outage look like a hang.
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=CONNECT_TIMEOUT),
-        retries=urllib3.Retry(total=0),
-    )
-    return Minio(
-        endpoint,
-        access_key=settings.s3_access_key,
-        secret_key=settings.s3_secret_key.get_secret_value(),
-        secure=settings.s3_secure or settings.s3_endpoint.startswith("https://"),
-        region=settings.s3_region,
-        http_client=http,
-    )
-
-
 def _error(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".strip().rstrip(":")
@@ -129,7 +112,8 @@ def _error(error: BaseException) -> str:
 
 def database_section(session: Session, settings: Settings, snapshot: Snapshot) -> None:
     """Listings, suggestions, embeddings and clustering: what Postgres knows."""
-    counts = dict(session.execute(select(Listing.status, func.count()).group_by(Listing.status)).all())
+    rows = session.execute(select(Listing.status, func.count()).group_by(Listing.status)).all()
+    counts: dict[str, int] = {str(status): int(n) for status, n in rows}
     snapshot.listings_by_status = {status.value: int(counts.pop(status.value, 0)) for status in ListingStatus}
     snapshot.listings_by_status.update({str(k): int(v) for k, v in counts.items()})
     snapshot.failures_by_reason = {
@@ -209,9 +193,7 @@ def queue_depths(client: redis.Redis) -> dict[str, int]:
 
 def ping_workers(settings: Settings, timeout: float) -> list[str]:
     """Names of the Celery workers that answer a broadcast ping within `timeout` seconds."""
-    from celery import Celery
-
-    app = Celery("vitrine", broker=settings.broker_url)
+    app = producer_app(settings, "vitrine-status")
     app.conf.broker_connection_retry_on_startup = False
     app.conf.broker_connection_max_retries = 0
     try:
@@ -221,15 +203,17 @@ def ping_workers(settings: Settings, timeout: float) -> list[str]:
     return sorted(name for reply in replies for name in reply)
 
 
-def collect(settings: Settings, *, ping_timeout: float | None = 1.0, check_s3: bool = True) -> Snapshot:
+def collect(
+    settings: Settings, db: Database, *, ping_timeout: float | None = 1.0, check_s3: bool = True
+) -> Snapshot:
     """Ask each service in turn; a service that fails is recorded by name, never raised."""
     snapshot = Snapshot()
 
     try:
-        with Session(status_engine(settings.database_url)) as session:
+        with db.sessions() as session:
             database_section(session, settings, snapshot)
         snapshot.services["postgres"] = None
-    except Exception as error:
+    except SQLAlchemyError as error:
         snapshot.services["postgres"] = _error(error)
 
     client = redis_client(settings)
@@ -238,21 +222,21 @@ def collect(settings: Settings, *, ping_timeout: float | None = 1.0, check_s3: b
         snapshot.queues = queue_depths(client)
         snapshot.unacked = int(client.hlen(KOMBU_UNACKED_KEY))
         snapshot.services["redis"] = None
-    except Exception as error:
+    except redis.RedisError as error:
         snapshot.services["redis"] = _error(error)
     finally:
         client.close()
 
     if check_s3:
         try:
-            s3_client(settings).bucket_exists(settings.images_bucket)
+            ObjectStore.from_settings(settings, probe=True).client.bucket_exists(settings.images_bucket)
             snapshot.services["s3"] = None
-        except Exception as error:
+        except STORAGE_ERRORS as error:
             snapshot.services["s3"] = _error(error)
 
     if ping_timeout is not None and snapshot.services.get("redis") is None:
         try:
             snapshot.workers = ping_workers(settings, ping_timeout)
-        except Exception:
-            snapshot.workers = None
+        except (OSError, redis.RedisError, kombu.exceptions.KombuError):
+            snapshot.workers = None  # unknown, not "none answered"
     return snapshot

@@ -10,9 +10,14 @@ from pathlib import Path
 
 import urllib3
 from minio import Minio
-from minio.error import S3Error
+from minio.error import MinioException, S3Error
 
 from common.config import Settings
+
+PROBE_TIMEOUT = 3.0
+# What talking to the object store can raise: the SDK's own errors, and the HTTP and socket
+# errors under it once its retries are spent.
+STORAGE_ERRORS: tuple[type[Exception], ...] = (MinioException, urllib3.exceptions.HTTPError, OSError)
 
 
 @dataclass
@@ -20,21 +25,23 @@ class ObjectStore:
     client: Minio
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ObjectStore:
+    def from_settings(cls, settings: Settings, *, probe: bool = False) -> ObjectStore:
+        """The store of the settings; `probe`: one short try, for health checks that must not hang."""
         endpoint = settings.s3_endpoint.removeprefix("http://").removeprefix("https://")
         secret = settings.s3_secret_key.get_secret_value()
-        # Bounded time-outs and a few retries: a slow store must not hang a worker's batch.
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=5, read=30),
-            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
-            maxsize=10,
-        )
+        if probe:
+            timeout = urllib3.Timeout(connect=PROBE_TIMEOUT, read=PROBE_TIMEOUT)
+            retries = urllib3.Retry(total=0)
+        else:
+            # Bounded time-outs and a few retries: a slow store must not hang a worker's batch.
+            timeout = urllib3.Timeout(connect=5, read=30)
+            retries = urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504))
         client = Minio(
             endpoint,
             # Empty keys mean anonymous access (public buckets), not an error at start-up.
             access_key=settings.s3_access_key if secret else None,
             secret_key=secret or None,
-            http_client=http,
+            http_client=urllib3.PoolManager(timeout=timeout, retries=retries, maxsize=10),
             secure=settings.s3_secure or settings.s3_endpoint.startswith("https://"),
             region=settings.s3_region,
         )

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.config import Settings
+
 # At most this many query × reference similarities at once (float32: 64 MiB).
 KNN_BLOCK_ENTRIES = 16_000_000
 
@@ -94,8 +96,37 @@ class SuggestionModel:
             ]
             best = top[0]["category"] if top else None
             confidence = float(row[order[0]]) if top else 0.0
-            results.append(ScoredCategory(int(cluster), best, confidence, top))  # type: ignore[arg-type]
+            results.append(ScoredCategory(int(cluster), best, confidence, top))
         return results
+
+
+def model_for_clusters(
+    version_id: int,
+    backbone_id: str,
+    centroids: np.ndarray,
+    categories: list[str],
+    cluster_shares: np.ndarray,
+    settings: Settings,
+    reference: tuple[np.ndarray, np.ndarray] | None = None,
+) -> SuggestionModel:
+    """A suggestion model with the configured method and its parameters.
+
+    The live system (per clustering version) and the study both build their models here, so the
+    study measures exactly what runs. `reference`: labelled (vectors, category indices) for knn.
+    """
+    model = SuggestionModel(
+        version_id=version_id,
+        backbone_id=backbone_id,
+        centroids=centroids.astype(np.float32),
+        categories=categories,
+        cluster_shares=cluster_shares,
+        method=settings.suggestion_method,
+        temperature=settings.centroid_temperature,
+        neighbours=settings.knn_neighbours,
+    )
+    if settings.suggestion_method == "knn" and reference is not None:
+        model.reference_vectors, model.reference_labels = reference
+    return model
 
 
 def cluster_label_shares(

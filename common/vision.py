@@ -5,22 +5,30 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import SafetensorError
 from timm.data import create_transform, resolve_data_config
 
 from common.config import ConfigError, Settings
+from common.imaging import ImageRejected, LoadedImage
 
 log = logging.getLogger(__name__)
+
+Source = TypeVar("Source")
+# A timm model: an nn.Module with timm's own API (forward_features, forward_head, pretrained_cfg,
+# num_features, feature_info), which torch's type stubs do not describe.
+TimmModel = Any
 
 
 class WeightsUnavailable(ConfigError):
@@ -52,7 +60,7 @@ def create_model(
     *,
     with_classifier: bool = False,
     allow_random: bool = False,
-) -> tuple[torch.nn.Module, bool]:
+) -> tuple[TimmModel, bool]:
     """A timm model in eval mode and whether it is pretrained.
 
     Pretrained weights or a clear error; random weights only when the caller allows them.
@@ -68,7 +76,8 @@ def create_model(
         kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
     try:
         model = timm.create_model(name, pretrained=True, **kwargs)
-    except Exception as error:
+    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as error:
+        # Missing file or cache entry, unreachable hub, or tensors that do not fit the model.
         hint = (
             f"VITRINE_WEIGHTS={weights} could not be loaded into {name!r}"
             if weights
@@ -85,7 +94,7 @@ class Backbone:
     """A loaded model with its own preprocessing; `embed` turns photos into unit vectors."""
 
     name: str
-    model: torch.nn.Module
+    model: TimmModel
     device: torch.device
     backbone_id: str
     transform: Any
@@ -139,7 +148,8 @@ class Backbone:
             with_classifier=with_classifier,
         )
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """timm's eval transform for this model: one photo → one input tensor."""
         return self.transform(image)
 
     def autocast(self) -> Any:
@@ -158,13 +168,54 @@ class Backbone:
         features = self.model.forward_features(batch)
         return self.model.forward_head(features, pre_logits=True)
 
-    def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
-        """One forward pass over a preprocessed batch → L2-normalised float32 vectors."""
+    def forward(self, tensors: Sequence[torch.Tensor]) -> np.ndarray:
+        """One forward pass over prepared photos → L2-normalised float32 vectors."""
+        if not tensors:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        # One forward at a time: a worker's threads prepare photos beside it, never run two.
         with self._lock, torch.inference_mode(), self.autocast():
-            features = self.pooled_features(self.to_device(batch))
+            features = self.pooled_features(self.to_device(torch.stack(list(tensors))))
         return F.normalize(features.float(), dim=1).cpu().numpy()
 
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        if not images:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self.embed_tensors(torch.stack([self.preprocess(image) for image in images]))
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.forward([self.prepare(image) for image in images])
+
+
+@dataclass
+class Prepared(Generic[Source]):
+    """One photo on its way to the model: its input tensor, or why it has none."""
+
+    source: Source
+    tensor: torch.Tensor | None = None
+    sha256: str | None = None
+    error: ImageRejected | None = None
+
+
+def prepare_batch(
+    backbone: Backbone,
+    sources: Sequence[Source],
+    load: Callable[[Source], LoadedImage],
+    pool: Executor | None = None,
+) -> list[Prepared[Source]]:
+    """Load (fetch and decode) and prepare each photo, in `pool` when given.
+
+    This is the one way photos reach the model: the embed worker, the study and the benchmark
+    all call it. A photo that cannot be used carries its reason; the others are unaffected.
+    """
+
+    def one(source: Source) -> Prepared[Source]:
+        try:
+            loaded = load(source)
+            return Prepared(source, backbone.prepare(loaded.image), loaded.sha256)
+        except ImageRejected as error:
+            return Prepared(source, error=error)
+        except Exception as error:  # a bug, not the photo's fault: isolated here, retried by the caller
+            log.exception("unexpected error preparing %r", source)
+            return Prepared(source, error=ImageRejected.internal(error))
+
+    return list(pool.map(one, sources) if pool is not None else map(one, sources))
+
+
+def embed_prepared(backbone: Backbone, prepared: Sequence[Prepared[Source]]) -> np.ndarray:
+    """Vectors of the prepared photos that have a tensor, in their order."""
+    return backbone.forward([p.tensor for p in prepared if p.tensor is not None])

@@ -7,7 +7,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from common.config import get_settings
+from common.config import load_settings
 from common.models import Base
 
 config = context.config
@@ -18,7 +18,8 @@ target_metadata = Base.metadata
 
 
 def database_url() -> str:
-    return config.attributes.get("database_url") or get_settings().database_url
+    # `vitrine db upgrade` hands its URL in; a bare `alembic upgrade` reads the settings.
+    return config.attributes.get("database_url") or load_settings().database_url
 
 
 def run_migrations_offline() -> None:

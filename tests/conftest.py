@@ -7,16 +7,27 @@ binaries, or the session fails with a message that says what is missing.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-import redis
-from sqlalchemy import text
+# Before anything imports huggingface_hub (through timm): it reads this once, at import. Tests
+# never download; a missing file must fail at once, not after the hub's retries.
+os.environ["HF_HUB_OFFLINE"] = "1"
+# The tests own the configuration: nothing from the developer's shell leaks into a run.
+for _key in [key for key in os.environ if key.startswith("VITRINE_")]:
+    del os.environ[_key]
 
-from common import config, db
-from common.config import Settings
-from common.localservices import LocalServices, port_open
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import redis  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from common.config import Settings, with_environment  # noqa: E402
+from common.db import Database, drop_database, migrate  # noqa: E402
+from common.runtime import Runtime  # noqa: E402
+from common.storage import ObjectStore  # noqa: E402
+from common.vision import Backbone  # noqa: E402
+from vitrine.devservices import LocalServices, create_scratch_database, port_open  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -34,12 +45,13 @@ def service_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             server_url = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
         else:
             server_url = local.start_postgres()
-        # A private Redis for the session: tests flush it freely.
-        broker_url = local.start_redis() if not port_open("127.0.0.1", 6379) else None
-        if broker_url is None:
+        if port_open("127.0.0.1", 6379):
+            # A database of its own on the machine's Redis: tests flush it freely.
             broker_url = f"redis://127.0.0.1:6379/{10 + os.getpid() % 5}"
+        else:
+            broker_url = local.start_redis()
         s3_endpoint = local.start_s3()
-        database_url = db.create_scratch_database(server_url, "vitrine_test")
+        database_url = create_scratch_database(server_url, "vitrine_test")
         env = {
             "VITRINE_DATABASE_URL": database_url,
             "VITRINE_BROKER_URL": broker_url,
@@ -48,44 +60,72 @@ def service_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             "VITRINE_S3_SECRET_KEY": "testing",
             "VITRINE_MODEL": "efficientnet_lite0",
             "VITRINE_WEIGHTS": str(LITE0_WEIGHTS),
-            # Tests never download: a missing file must fail fast, not wait on retries.
-            "HF_HUB_OFFLINE": "1",
         }
-        saved = {key: os.environ.get(key) for key in env}
-        os.environ.update(env)
-        config.get_settings.cache_clear()
-        db.get_engine.cache_clear()
-        # Test modules may have imported the Celery app before the services were known.
-        from workers.app import app
-
-        app.conf.broker_url = broker_url
         redis.Redis.from_url(broker_url).flushdb()
-        db.migrate(database_url)
+        migrate(database_url)
         yield env
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        db.get_engine.cache_clear()
-        db.drop_database(database_url)
+        drop_database(database_url)
     finally:
         local.stop()
 
 
-@pytest.fixture
-def settings(service_env: dict[str, str]) -> Settings:
-    config.get_settings.cache_clear()
-    return config.get_settings()
+@pytest.fixture(scope="session")
+def base_settings(service_env: dict[str, str]) -> Settings:
+    return with_environment(service_env)
 
 
 @pytest.fixture
-def clean_db(service_env: dict[str, str]) -> Iterator[None]:
-    engine = db.get_engine(service_env["VITRINE_DATABASE_URL"])
-    with engine.begin() as connection:
+def settings(base_settings: Settings) -> Settings:
+    """This session's settings; a test may change its copy (`model_copy`) without affecting others."""
+    return base_settings.model_copy(deep=True)
+
+
+@pytest.fixture(scope="session")
+def runtime(base_settings: Settings) -> Iterator[Runtime]:
+    """One engine, one publisher and one store for the whole session, as a process would hold them."""
+    made = Runtime(base_settings)
+    yield made
+    made.close()
+
+
+@pytest.fixture(scope="session")
+def db(runtime: Runtime) -> Database:
+    return runtime.db
+
+
+@pytest.fixture(scope="session")
+def store(runtime: Runtime) -> ObjectStore:
+    return runtime.store
+
+
+@pytest.fixture
+def child_env(service_env: dict[str, str]) -> dict[str, str]:
+    """The environment of a process (worker, command) that should talk to this session's services."""
+    return {**os.environ, **service_env}
+
+
+@pytest.fixture
+def clean_db(db: Database, service_env: dict[str, str]) -> Iterator[None]:
+    with db.engine.begin() as connection:
         connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
     redis.Redis.from_url(service_env["VITRINE_BROKER_URL"]).flushdb()
     yield
+
+
+@pytest.fixture(scope="session")
+def lite0() -> Backbone:
+    """The real pretrained efficientnet_lite0, with its classifier (Grad-CAM's ImageNet target)."""
+    assert LITE0_WEIGHTS.is_file(), f"pretrained weights expected at {LITE0_WEIGHTS}"
+    return Backbone.load("efficientnet_lite0", LITE0_WEIGHTS, "cpu", with_classifier=True)
+
+
+@pytest.fixture
+def gradcam_bucket(settings: Settings, store: ObjectStore) -> Iterator[str]:
+    """The Grad-CAM bucket, emptied."""
+    store.ensure_bucket(settings.gradcam_bucket)
+    for item in store.client.list_objects(settings.gradcam_bucket, recursive=True):
+        store.client.remove_object(settings.gradcam_bucket, item.object_name)
+    yield settings.gradcam_bucket
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,21 @@
-"""Bad and good image bytes made from real photos, and a tiny local HTTP image server."""
+"""What several test modules use: real photos, bad image bytes made from them, seeded listings."""
 
 from __future__ import annotations
 
+import csv
 from io import BytesIO
 
 from PIL import Image
+from sqlalchemy import select
 
-from common.localservices import serve_bytes
+from common.config import Settings
+from common.db import Database
+from common.models import Listing, ListingStatus, Suggestion
+from common.pipeline import EmbedPipeline
+from common.refit import refit
+from common.storage import ObjectStore
+from common.vision import Backbone
 from tests.conftest import FLIPKART
-
-__all__ = ["animated_gif", "decompression_bomb", "real_jpeg", "serve_bytes", "truncated_jpeg"]
 
 
 def real_jpeg(index: int = 0) -> bytes:
@@ -33,3 +39,41 @@ def animated_gif() -> bytes:
     frames = [Image.new("RGB", (32, 32), color) for color in ("red", "blue")]
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
     return buffer.getvalue()
+
+
+def flipkart_rows(category: str | None = None) -> list[dict[str, str]]:
+    with open(FLIPKART / "labels.csv", newline="") as handle:
+        rows = sorted(csv.DictReader(handle), key=lambda row: row["image"])
+    return [row for row in rows if category is None or row["category"] == category]
+
+
+def seed_listings(
+    db: Database, settings: Settings, store: ObjectStore, backbone: Backbone, rows: list[dict[str, str]]
+) -> dict[str, int]:
+    """Listings embedded by the real pipeline and suggested by a real refit."""
+    store.ensure_bucket(settings.images_bucket)
+    ids = {}
+    with db.transaction() as session:
+        for row in rows:
+            listing = Listing(
+                external_id=row["uniq_id"],
+                image_url=store.upload_photo(settings.images_bucket, FLIPKART / "images" / row["image"]),
+                seller_category=row["category"],
+                status=ListingStatus.queued,
+            )
+            session.add(listing)
+            session.flush()
+            ids[row["uniq_id"]] = listing.id
+    EmbedPipeline(settings, db, backbone, store).run(list(ids.values()))
+    assert refit(db, settings, k=2).version_id is not None
+    return ids
+
+
+def count_objects(store: ObjectStore, bucket: str) -> int:
+    return sum(1 for _ in store.client.list_objects(bucket, recursive=True))
+
+
+def suggestions(db: Database, listing_ids: list[int]) -> dict[int, Suggestion]:
+    with db.transaction() as session:
+        rows = session.execute(select(Suggestion).where(Suggestion.listing_id.in_(listing_ids))).scalars()
+        return {row.listing_id: row for row in rows}

@@ -7,10 +7,10 @@ from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
-from common.clustering import refit
-from common.events import send_explanations, sweep_missing_explanations, sweep_stale_listings
+from common.events import sweep_missing_explanations, sweep_stale_listings
 from common.queues import REFIT_TASK, SWEEP_TASK
-from workers.app import app, settings
+from common.refit import refit
+from workers.app import app, runtime
 
 log = logging.getLogger(__name__)
 
@@ -19,18 +19,22 @@ log = logging.getLogger(__name__)
 # redelivering a long refit to a second worker would only meet the lock.
 @app.task(name=REFIT_TASK, acks_late=False)
 def refit_task() -> dict[str, Any]:
-    result = refit(settings)
-    send_explanations(result.explain, app=app)
+    rt = runtime()
+    result = refit(rt.db, rt.settings)
+    rt.publisher.explain(result.explain)
     return asdict(result)
 
 
 @app.task(name=SWEEP_TASK, acks_late=False)
 def sweep_task() -> int:
-    age = timedelta(seconds=settings.requeue_after)
-    resent = sweep_stale_listings(age, app=app)
+    rt = runtime()
+    age = timedelta(seconds=rt.settings.requeue_after)
+    resent = sweep_stale_listings(rt.db, rt.publisher, age)
     if resent:
-        log.warning("re-sent %d listings left queued for over %ss", len(resent), settings.requeue_after)
-    explain = sweep_missing_explanations(age, app=app)
+        log.warning("re-sent %d listings left queued for over %ss", len(resent), rt.settings.requeue_after)
+    explain = sweep_missing_explanations(rt.db, rt.publisher, age)
     if explain:
-        log.warning("asked again for %d overlays missing for over %ss", len(explain), settings.requeue_after)
+        log.warning(
+            "asked again for %d overlays missing for over %ss", len(explain), rt.settings.requeue_after
+        )
     return len(resent) + len(explain)

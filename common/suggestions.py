@@ -1,0 +1,202 @@
+"""Suggestion rows: the suggestion model of a clustering version, writing suggestions, what gets explained.
+
+The scoring itself is `common.suggest` (no database); this module is where it meets Postgres.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import ColumnElement, case, func, null, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from common.config import Settings
+from common.db import Database
+from common.embeddings import current_version, iter_embeddings
+from common.models import ClusteringVersion, Embedding, Listing, ListingStatus, Suggestion
+from common.sampling import stable_fraction
+from common.suggest import SuggestionModel, model_for_clusters
+
+KNN_REFERENCE_LIMIT = 50_000
+# Postgres accepts at most 65,535 bind parameters per statement; 1,000 rows stay well below.
+UPSERT_ROWS = 1_000
+
+
+@dataclass(frozen=True)
+class SuggestionRow:
+    listing_id: int
+    category: str | None
+    confidence: float
+    needs_review: bool
+
+
+def explanation_wanted(rows: Iterable[SuggestionRow], sample_rate: float) -> list[int]:
+    """Listings whose suggestion gets a Grad-CAM overlay: every flagged one, and a stable sample
+    of the confident ones so that auditors can see what confident decisions look at."""
+    return sorted(
+        row.listing_id
+        for row in rows
+        if row.needs_review or (sample_rate > 0 and stable_fraction(row.listing_id) < sample_rate)
+    )
+
+
+def build_suggestion_model(
+    session: Session, version: ClusteringVersion, settings: Settings
+) -> SuggestionModel:
+    categories = sorted({c for cluster in version.cluster_categories for c in cluster["counts"]})
+    index = {c: i for i, c in enumerate(categories)}
+    shares = np.zeros((version.k, len(categories)))
+    for i, cluster in enumerate(version.cluster_categories):
+        total = sum(cluster["counts"].values())
+        for category, n in cluster["counts"].items():
+            shares[i, index[category]] = n / total
+    reference = None
+    if settings.suggestion_method == "knn" and categories:
+        vectors: list[np.ndarray] = []
+        labels: list[int] = []
+        for _ids, chunk, chunk_labels in iter_embeddings(
+            session, version.backbone_id, settings.refit_chunk, labelled_only=True
+        ):
+            vectors.append(chunk)
+            labels.extend(index.get(label, -1) if label is not None else -1 for label in chunk_labels)
+            if len(labels) >= KNN_REFERENCE_LIMIT:
+                break
+        if vectors:
+            label_array = np.array(labels[:KNN_REFERENCE_LIMIT])
+            keep = label_array >= 0  # labels newer than the version's categories wait a refit
+            reference = (np.concatenate(vectors)[:KNN_REFERENCE_LIMIT][keep], label_array[keep])
+    return model_for_clusters(
+        version.id, version.backbone_id, version.centroid_matrix(), categories, shares, settings, reference
+    )
+
+
+def load_suggestion_model(
+    session: Session, backbone_id: str, settings: Settings, cached: SuggestionModel | None = None
+) -> SuggestionModel | None:
+    """The suggestion model of the current version; the cached one while it is still current."""
+    version_id = session.execute(
+        select(ClusteringVersion.id).where(
+            ClusteringVersion.backbone_id == backbone_id, ClusteringVersion.is_current
+        )
+    ).scalar_one_or_none()
+    if version_id is None:
+        return None
+    if cached is not None and cached.version_id == version_id:
+        return cached
+    version = session.get(ClusteringVersion, version_id)
+    assert version is not None
+    return build_suggestion_model(session, version, settings)
+
+
+def upsert_suggestions(
+    session: Session,
+    model: SuggestionModel,
+    listing_ids: Sequence[int],
+    vectors: np.ndarray,
+    settings: Settings,
+) -> list[SuggestionRow]:
+    """Suggest for these listings under `model`; listings a moderator decided are left alone."""
+    if not len(listing_ids):
+        return []
+    reviewed = set(
+        session.execute(
+            select(Listing.id).where(
+                Listing.id.in_(list(map(int, listing_ids))),
+                Listing.status == ListingStatus.reviewed,
+            )
+        ).scalars()
+    )
+    rows, results = [], []
+    for listing_id, scored in zip(listing_ids, model.score(vectors), strict=True):
+        listing_id = int(listing_id)
+        if listing_id in reviewed:
+            continue
+        needs_review = scored.category is None or scored.confidence < settings.confidence_threshold
+        rows.append(
+            {
+                "listing_id": listing_id,
+                "clustering_version_id": model.version_id,
+                "backbone_id": model.backbone_id,
+                "cluster": scored.cluster,
+                "category": scored.category,
+                "confidence": round(scored.confidence, 6),
+                "alternatives": scored.alternatives,
+                "method": model.method,
+                "needs_review": needs_review,
+            }
+        )
+        results.append(SuggestionRow(listing_id, scored.category, scored.confidence, needs_review))
+    for start in range(0, len(rows), UPSERT_ROWS):
+        _upsert_rows(session, rows[start : start + UPSERT_ROWS])
+    return results
+
+
+def _upsert_rows(session: Session, rows: list[dict[str, object]]) -> None:
+    statement = insert(Suggestion).values(rows)
+    changed_version = Suggestion.clustering_version_id != statement.excluded.clustering_version_id
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["listing_id"],
+            set_={
+                "clustering_version_id": statement.excluded.clustering_version_id,
+                "backbone_id": statement.excluded.backbone_id,
+                "cluster": statement.excluded.cluster,
+                "category": statement.excluded.category,
+                "confidence": statement.excluded.confidence,
+                "alternatives": statement.excluded.alternatives,
+                "method": statement.excluded.method,
+                "needs_review": statement.excluded.needs_review,
+                "updated_at": func.now(),
+                # An explanation belongs to one clustering version; a new version needs a new one.
+                "gradcam_key": _keep_unless(changed_version, Suggestion.gradcam_key),
+                "heatmap_key": _keep_unless(changed_version, Suggestion.heatmap_key),
+                "gradcam_target": _keep_unless(changed_version, Suggestion.gradcam_target),
+            },
+        )
+    )
+    session.execute(
+        update(Listing)
+        .where(
+            Listing.id.in_([r["listing_id"] for r in rows]),
+            Listing.status.in_((ListingStatus.queued, ListingStatus.embedded, ListingStatus.suggested)),
+        )
+        .values(status=ListingStatus.suggested)
+    )
+
+
+def _keep_unless(condition: ColumnElement[bool], column: Any) -> ColumnElement[Any]:
+    return case((condition, null()), else_=column)
+
+
+def reassign_suggestions(db: Database, settings: Settings, backbone_id: str) -> tuple[int, list[int]]:
+    """Suggest under the current version for every embedded listing, one transaction per chunk.
+
+    Returns how many suggestions were written and which listings want an explanation.
+    """
+    with db.transaction() as session:
+        version = current_version(session, backbone_id)
+        if version is None:
+            return 0, []
+        model = build_suggestion_model(session, version, settings)
+    total, explain = 0, list[int]()
+    last_id = 0
+    while True:
+        with db.transaction() as session:
+            rows = session.execute(
+                select(Embedding.id, Embedding.listing_id, Embedding.vector)
+                .where(Embedding.backbone_id == backbone_id, Embedding.id > last_id)
+                .order_by(Embedding.id)
+                .limit(settings.refit_chunk)
+            ).all()
+            if not rows:
+                return total, explain
+            last_id = rows[-1][0]
+            written = upsert_suggestions(
+                session, model, [r[1] for r in rows], np.stack([r[2] for r in rows]), settings
+            )
+        total += len(written)
+        explain += explanation_wanted(written, settings.explain_sample_rate)

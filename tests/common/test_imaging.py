@@ -1,0 +1,107 @@
+"""Safe fetching and decoding: every kind of bad input maps to its own recorded reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.config import Settings, load_settings
+from common.imaging import (
+    FailureReason,
+    ImageRejected,
+    check_url_allowed,
+    decode_image,
+    fetch_http,
+    fetch_image_bytes,
+)
+from common.storage import ObjectStore
+from tests.helpers import animated_gif, decompression_bomb, real_jpeg, truncated_jpeg
+from vitrine.devservices import free_port, serve_bytes
+
+
+def _rejected(reason: FailureReason, call, *args) -> ImageRejected:  # type: ignore[no-untyped-def]
+    with pytest.raises(ImageRejected) as caught:
+        call(*args)
+    assert caught.value.reason == reason, caught.value.detail
+    return caught.value
+
+
+def test_real_photo_decodes_to_rgb_with_its_digest() -> None:
+    loaded = decode_image(real_jpeg(), load_settings())
+    assert loaded.image.mode == "RGB"
+    assert len(loaded.sha256) == 64
+    assert max(loaded.image.size) == 320
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (truncated_jpeg(), FailureReason.corrupt_image),
+        (b"<html>definitely not a photo</html>" * 10, FailureReason.not_an_image),
+        (decompression_bomb(), FailureReason.decompression_bomb),
+        (animated_gif(), FailureReason.animated_image),
+    ],
+    ids=["truncated-jpeg", "non-image", "decompression-bomb", "animated"],
+)
+def test_bad_bytes_are_rejected_with_their_reason(data: bytes, reason: FailureReason) -> None:
+    _rejected(reason, decode_image, data, load_settings())
+
+
+def test_formats_outside_the_allow_list_are_refused() -> None:
+    _rejected(
+        FailureReason.unsupported_format,
+        decode_image,
+        real_jpeg(),
+        load_settings(allowed_image_formats="PNG"),
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.1/a.jpg",
+        "http://192.168.1.5/a.jpg",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/a.jpg",
+    ],
+)
+def test_private_and_link_local_targets_are_refused_before_any_request(url: str) -> None:
+    _rejected(FailureReason.private_address, check_url_allowed, url, load_settings())
+
+
+def test_allow_list_limits_hosts() -> None:
+    settings = load_settings(fetch_allowed_hosts="images.example.com,.cdn.example.org")
+    _rejected(FailureReason.host_not_allowed, check_url_allowed, "https://evil.example.net/a.jpg", settings)
+    _rejected(FailureReason.invalid_url, check_url_allowed, "ftp://images.example.com/a.jpg", settings)
+
+
+def _local(**overrides: object) -> Settings:
+    return load_settings(fetch_private_hosts="127.0.0.1", **overrides)
+
+
+def test_http_fetch_within_limits() -> None:
+    with serve_bytes({"photo.jpg": real_jpeg()}) as base:
+        assert fetch_http(f"{base}/photo.jpg", _local()) == real_jpeg()
+        _rejected(FailureReason.fetch_failed, fetch_http, f"{base}/missing.jpg", _local())
+        _rejected(FailureReason.too_many_bytes, fetch_http, f"{base}/photo.jpg", _local(max_image_bytes=2048))
+        # localhost is not in the private allow-list even though 127.0.0.1 is.
+        _rejected(
+            FailureReason.private_address,
+            fetch_http,
+            f"{base.replace('127.0.0.1', 'localhost')}/photo.jpg",
+            _local(),
+        )
+
+
+def test_unreachable_host_is_a_fetch_failure() -> None:
+    _rejected(FailureReason.fetch_failed, fetch_http, f"http://127.0.0.1:{free_port()}/a.jpg", _local())
+    _rejected(FailureReason.fetch_failed, fetch_http, "http://no-such-host.invalid/a.jpg", _local())
+
+
+def test_s3_urls_read_from_the_object_store(settings: Settings) -> None:
+    store = ObjectStore.from_settings(settings)
+    store.ensure_bucket("imaging-test")
+    store.put_bytes("imaging-test", "a.jpg", real_jpeg(), "image/jpeg")
+    assert fetch_image_bytes("s3://imaging-test/a.jpg", settings, store) == real_jpeg()
+    _rejected(FailureReason.fetch_failed, fetch_image_bytes, "s3://imaging-test/missing.jpg", settings, store)
+    small = load_settings(max_image_bytes=2048)
+    _rejected(FailureReason.too_many_bytes, fetch_image_bytes, "s3://imaging-test/a.jpg", small, store)

@@ -1,0 +1,42 @@
+"""The explain worker as deployed: a real process on the `explain` queue writes overlays to S3."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from common.config import Settings
+from common.queues import EXPLAIN_QUEUE
+from common.runtime import Runtime
+from common.storage import ObjectStore
+from common.vision import Backbone
+from tests.helpers import count_objects, flipkart_rows, seed_listings, suggestions
+from vitrine.devservices import celery_worker
+
+pytestmark = pytest.mark.slow
+
+
+def test_explain_worker_writes_overlays_for_its_messages(
+    settings: Settings,
+    runtime: Runtime,
+    service_env: dict[str, str],
+    clean_db: None,
+    store: ObjectStore,
+    gradcam_bucket: str,
+    lite0: Backbone,
+    tmp_path: Path,
+) -> None:
+    ids = sorted(seed_listings(runtime.db, settings, store, lite0, flipkart_rows("Watches")[:2]).values())
+    env = {**service_env, "VITRINE_DEVICE": "cpu", "VITRINE_FLUSH_INTERVAL": "0.5"}
+    with celery_worker([EXPLAIN_QUEUE], env, tmp_path / "worker.log", "explain-test@%h"):
+        runtime.publisher.explain(ids)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            rows = suggestions(runtime.db, ids)
+            if all(row.gradcam_key for row in rows.values()):
+                break
+            time.sleep(1)
+    assert all(row.gradcam_key for row in rows.values()), (tmp_path / "worker.log").read_text()[-3000:]
+    assert count_objects(store, gradcam_bucket) == 4

@@ -1,0 +1,71 @@
+"""The `vitrine` command line: one module per command group, registered here.
+
+Settings are read once per invocation, when a command first needs them, and handed on from
+`state(ctx)`; `--help` and argument errors never need a valid configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from functools import cached_property
+
+import typer
+from rich.console import Console
+
+from common.config import ConfigError, Settings, load_settings
+from common.runtime import Runtime
+
+app = typer.Typer(help="Vitrine: categorise marketplace listings from their photos.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+class CommandState:
+    """The invocation's settings and runtime, made on first use."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        if settings is not None:
+            self.__dict__["settings"] = settings
+
+    @cached_property
+    def settings(self) -> Settings:
+        return load_settings()
+
+    @cached_property
+    def runtime(self) -> Runtime:
+        return Runtime(self.settings)
+
+    def close(self) -> None:
+        if "runtime" in self.__dict__:
+            self.runtime.close()
+
+
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    if not isinstance(ctx.obj, CommandState):
+        ctx.obj = CommandState()
+    ctx.call_on_close(ctx.obj.close)
+
+
+def state(ctx: typer.Context) -> CommandState:
+    root = ctx.find_root()
+    assert isinstance(root.obj, CommandState)
+    return root.obj
+
+
+def register() -> None:
+    # Imported here so that each module can `from vitrine.cli import app`.
+    from vitrine.cli import bench, core, demo, evaluate, explain, ops  # noqa: F401
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Vitrine's own progress messages; libraries speak only when something is wrong.
+    for name in ("common", "vitrine"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    register()
+    try:
+        app()
+    except ConfigError as error:
+        console.print(f"[red]configuration error:[/red] {error}")
+        sys.exit(2)

@@ -1,0 +1,51 @@
+"""`vitrine bench`: throughput figures measured side by side in one run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from vitrine.cli import app, console, state
+
+bench_app = typer.Typer(help="Benchmarks (not tests): ratios measured side by side.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("embed")
+def bench_embed(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option(help="timm model name (default: VITRINE_MODEL).")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Weights file; random weights if omitted.")] = None,
+    n: Annotated[int, typer.Option(min=1, help="Listing events per measurement.")] = 64,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    images: Annotated[Path | None, typer.Option(help="Photos to use; synthetic ones if omitted.")] = None,
+    log_dir: Path = Path(".vitrine/logs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Images/s through Redis and a real worker vs. a tight in-process loop, and vs. batch size 1."""
+    from vitrine.benchmark import run_embed_benchmark
+
+    settings = state(ctx).settings
+    log_dir.mkdir(parents=True, exist_ok=True)
+    result = run_embed_benchmark(
+        settings,
+        model=model or settings.model,
+        weights=weights,
+        n=n,
+        batch_size=batch_size or settings.batch_size,
+        images=images,
+        log_dir=log_dir,
+    )
+    if as_json:
+        print(json.dumps(result.as_dict()))
+        return
+    table = Table(title=f"embed throughput: {result.model} ({result.weights}) on {result.device}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in result.as_dict().items():
+        table.add_row(key, str(value))
+    console.print(table)

@@ -1,0 +1,95 @@
+"""`vitrine evaluate`: cluster quality and suggestion accuracy of backbones on a labelled photo folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from vitrine.cli import app, console, state
+from vitrine.photos import FolderError, list_images, read_labels
+
+
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    images: Annotated[Path, typer.Option(help="Folder of product photos.")],
+    labels: Annotated[Path, typer.Option(help="CSV with an `image` column and a category column.")],
+    model: Annotated[
+        list[str],
+        typer.Option(help="timm model, NAME or NAME=WEIGHTS (a local weights file); repeatable."),
+    ],
+    label_column: Annotated[str, typer.Option(help="Category column of the label file.")] = "category",
+    reductions: Annotated[str, typer.Option(help="Comma-separated: none, pca, tsne.")] = "none,pca,tsne",
+    k: Annotated[int | None, typer.Option(min=2, help="Clusters (default: number of categories).")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="KMeans seeds per setting.")] = 3,
+    limit: Annotated[int | None, typer.Option(min=1, help="Stratified sample of this many photos.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for report.json, report.html and figures.")] = Path(
+        "evaluation"
+    ),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+) -> None:
+    """Embed each photo once per model; report ARI/NMI of KMeans and held-out suggestion accuracy."""
+    from vitrine.study import EvaluationError, ModelSpec
+    from vitrine.study import evaluate as run_evaluation
+
+    try:
+        label_map = read_labels(labels, label_column)
+        paths = list_images(images)
+    except FolderError as error:
+        raise typer.BadParameter(str(error)) from None
+    try:
+        specs = [ModelSpec.parse(text) for text in model]
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+
+            def start(description: str, total: int) -> Callable[[int], None]:
+                task = progress.add_task(description, total=total)
+                return lambda n: progress.advance(task, n)
+
+            report = run_evaluation(
+                paths,
+                label_map,
+                specs,
+                out,
+                state(ctx).settings,
+                reductions=[r.strip() for r in reductions.split(",") if r.strip()],
+                k=k,
+                seeds=seeds,
+                limit=limit,
+                device=device,
+                batch_size=batch_size,
+                progress=start,
+            )
+    except EvaluationError as error:
+        raise typer.BadParameter(str(error)) from None
+
+    table = Table(title=f"clusters vs categories (k={report['k']}, n={report['n_images']})")
+    for column in ("model", "reduction", "ARI", "NMI"):
+        table.add_column(column)
+    for row in report["results"]:
+        table.add_row(
+            row["model"], row["reduction"], f"{row['ari']:.3f} ± {row['ari_std']:.3f}", f"{row['nmi']:.3f}"
+        )
+    console.print(table)
+    suggestions = Table(title="suggestions for held-out listings")
+    for column in ("model", "method", "accuracy"):
+        suggestions.add_column(column)
+    for row in report["suggestions"]:
+        suggestions.add_row(row["model"], row["method"], f"{row['accuracy']:.3f} ± {row['accuracy_std']:.3f}")
+    console.print(suggestions)
+    if report["unreadable"]:
+        console.print(
+            f"[yellow]{len(report['unreadable'])} unreadable images[/yellow] (listed in the report)"
+        )
+    console.print(f"report: {out / 'report.html'}")

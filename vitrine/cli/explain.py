@@ -1,0 +1,55 @@
+"""`vitrine explain`: the Grad-CAM overlay of one listing's suggestion, computed when missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from sqlalchemy import select
+
+from vitrine.cli import app, console, state
+
+MAX_OVERLAY_BYTES = 64 * 1024 * 1024
+
+
+@app.command()
+def explain(
+    ctx: typer.Context,
+    listing_id: Annotated[str, typer.Argument(help="The marketplace's listing id.")],
+    out: Annotated[Path | None, typer.Option(help="Where to write the overlay PNG.")] = None,
+) -> None:
+    """Write the Grad-CAM overlay PNG of LISTING_ID, computing and storing it if needed."""
+    from common.explain import explain_listings, presigned_url
+    from common.models import Listing, Suggestion
+    from common.vision import Backbone
+
+    runtime = state(ctx).runtime
+    settings, store = runtime.settings, runtime.store
+    with runtime.db.transaction() as session:
+        row = session.execute(
+            select(Listing.id, Suggestion.gradcam_key)
+            .outerjoin(Suggestion, Suggestion.listing_id == Listing.id)
+            .where(Listing.external_id == listing_id)
+        ).first()
+    if row is None:
+        console.print(f"[red]no listing {listing_id!r}[/red]")
+        raise typer.Exit(1)
+    internal_id, key = row
+    if key is None or not store.exists(settings.gradcam_bucket, key):
+        backbone = Backbone.from_settings(settings, with_classifier=True)
+        report = explain_listings(runtime.db, [internal_id], settings, backbone, store)
+        if internal_id in report.failed:
+            console.print(f"[red]cannot explain {listing_id!r}:[/red] {report.failed[internal_id]}")
+            raise typer.Exit(1)
+        if internal_id in report.retry:
+            console.print(f"[red]photo or object storage unavailable for {listing_id!r}; try again[/red]")
+            raise typer.Exit(1)
+        if internal_id not in report.explained:
+            console.print(f"[red]nothing to explain for {listing_id!r}[/red]")
+            raise typer.Exit(1)
+        key = report.explained[internal_id].overlay_key
+    target = out or Path(f"{listing_id}-gradcam.png")
+    target.write_bytes(store.get_bytes(settings.gradcam_bucket, key, max_bytes=MAX_OVERLAY_BYTES))
+    console.print(f"wrote {target} ({key})")
+    console.print(presigned_url(store, settings, key))

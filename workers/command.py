@@ -1,0 +1,20 @@
+"""The command line of a Vitrine worker: the one way workers are started, in production and in tests."""
+
+from __future__ import annotations
+
+from common.queues import EMBED_QUEUE
+
+
+def worker_argv(queues: list[str], python: str, loglevel: str = "INFO", name: str | None = None) -> list[str]:
+    """The command line of a worker for `queues`.
+
+    Never a forking pool, so CUDA is only ever initialised in the process that uses it. The
+    embed queue (alone or with others) gets two threads: while one batch is in the forward pass (which releases the
+    GIL and holds the model's lock), the next batch's photos are fetched and decoded beside it.
+    Each batch is still acknowledged only after its own transaction commits.
+    """
+    pool = ["--pool", "threads", "--concurrency", "2"] if EMBED_QUEUE in queues else ["--pool", "solo"]
+    return [
+        python, "-m", "celery", "-A", "workers.app", "worker", "-Q", ",".join(queues), *pool,
+        "--loglevel", loglevel, "-n", name or f"{'-'.join(queues)}@%h",
+    ]  # fmt: skip
