@@ -10,6 +10,7 @@ OFFLINE_WEIGHTS ?= ../shared/weights/efficientnet_lite0.safetensors
 IMAGES ?= $(SAMPLES)/images
 LABELS ?= $(SAMPLES)/labels.csv
 LIMIT ?=
+COVERAGE_FLOOR ?= 68
 
 .PHONY: install test lint demo stop bench evaluate clean
 
@@ -23,9 +24,12 @@ install: $(STAMP)
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
+# Coverage of the code the tests run in this process (worker subprocesses are not counted).
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest --cov=common --cov=workers --cov=vitrine --cov-report=term:skip-covered \
+	  --cov-fail-under=$(COVERAGE_FLOOR)
 
 # Without configured weights and without the hub, fall back to the offline backbone.
 demo: install
