@@ -80,12 +80,19 @@ class Listing(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
-    # When the last message for this listing was sent; the sweep re-sends old ones.
+    # When the broker accepted the listing's last message; NULL while it is not known to be sent
+    # (the sweep sends those). Set after the send, never before it.
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The last fault of ours (not the photo's) met while embedding it: retried under the attempts
+    # cap, then the listing fails as `internal_error` with this detail.
+    last_error: Mapped[str | None] = mapped_column(Text)
 
     suggestion: Mapped[Suggestion | None] = relationship(back_populates="listing", uselist=False)
 
-    __table_args__ = (Index("ix_listing_status_enqueued", "status", "enqueued_at"),)
+    __table_args__ = (
+        Index("ix_listing_status_enqueued", "status", "enqueued_at"),
+        Index("ix_listing_unsent", "status", "updated_at", postgresql_where=text("enqueued_at IS NULL")),
+    )
 
 
 class Embedding(Base):
@@ -158,6 +165,8 @@ class Suggestion(Base):
     heatmap_key: Mapped[str | None] = mapped_column(Text)
     gradcam_target: Mapped[str | None] = mapped_column(String(40))
     explain_error: Mapped[str | None] = mapped_column(Text)
+    # When an overlay was last asked for; NULL: not yet asked (the sweep asks).
+    explain_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

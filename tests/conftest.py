@@ -15,6 +15,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 for _key in [key for key in os.environ if key.startswith("VITRINE_")]:
     del os.environ[_key]
 
+import fcntl  # noqa: E402
+import tempfile  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -47,7 +49,7 @@ def service_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             server_url = local.start_postgres()
         if port_open("127.0.0.1", 6379):
             # A database of its own on the machine's Redis: tests flush it freely.
-            broker_url = f"redis://127.0.0.1:6379/{10 + os.getpid() % 5}"
+            broker_url = f"redis://127.0.0.1:6379/{_claim_redis_database()}"
         else:
             broker_url = local.start_redis()
         s3_endpoint = local.start_s3()
@@ -67,6 +69,23 @@ def service_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         drop_database(database_url)
     finally:
         local.stop()
+
+
+def _claim_redis_database() -> int:
+    """A Redis database number no other test session on this machine is using (held by a lock)."""
+    for number in range(1, 16):
+        handle = open(f"{tempfile.gettempdir()}/vitrine-test-redis-{number}.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _held_locks.append(handle)  # released when this session's process ends
+        return number
+    raise RuntimeError("every Redis database 1-15 is taken by another test session")
+
+
+_held_locks: list[object] = []
 
 
 @pytest.fixture(scope="session")
