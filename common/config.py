@@ -55,13 +55,19 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(50_000_000, ge=64 * 64)
     max_image_side: int = Field(16_384, ge=64)
+    # Deadline for one photo's whole download (every redirect and byte), not for each read.
     fetch_timeout: float = Field(10.0, gt=0, le=300)
     allowed_image_formats: Annotated[list[str], NoDecode] = ["JPEG", "PNG", "WEBP", "BMP", "GIF"]
     # Empty: any public host. Otherwise only these hosts (exact, or a ".suffix" entry).
     fetch_allowed_hosts: Annotated[list[str], NoDecode] = []
-    # Hosts that may resolve to private or loopback addresses (an internal image store).
+    # Hosts that may resolve to private or loopback addresses (an internal image store), each as
+    # `host:port` (only that port) or `host` (only ports 80 and 443).
     fetch_private_hosts: Annotated[list[str], NoDecode] = []
-    max_attempts: int = Field(5, ge=1, le=100)
+    # Buckets of our object store that listing photos may come from, besides `images_bucket`.
+    fetch_allowed_buckets: Annotated[list[str], NoDecode] = []
+    # Deliveries of a listing that end in a crash or a bug of ours before it fails; our own
+    # object store being away never counts.
+    max_attempts: int = Field(3, ge=1, le=100)
 
     # Suggestions
     confidence_threshold: float = Field(0.6, ge=0, le=1)
@@ -76,8 +82,16 @@ class Settings(BaseSettings):
     refit_max_vectors: int = Field(200_000, ge=100)
     refit_chunk: int = Field(10_000, ge=100, le=50_000)
     refit_seed: int = 0
-    requeue_after: float = Field(600.0, gt=0)
-    sweep_interval: float = Field(120.0, gt=0)
+    # A listing (or an overlay request) whose message is not known to have reached the broker
+    # after this many seconds is sent by the sweep (a publisher that died between commit and send).
+    requeue_after: float = Field(60.0, gt=0)
+    sweep_interval: float = Field(30.0, gt=0)
+    # Seconds a message delivered to a worker may go without the worker renewing it before Redis
+    # hands it to another worker: how long a killed worker's messages wait. Live workers renew
+    # theirs every quarter of this, however long their batch takes.
+    visibility_timeout: float = Field(60.0, ge=10, le=86_400)
+    # At most this many overlay requests wait in the explain queue; the rest wait in Postgres.
+    explain_queue_limit: int = Field(10_000, ge=1)
 
     # Operations: Flower and the Prometheus exporter
     flower_user: str | None = None
@@ -89,7 +103,13 @@ class Settings(BaseSettings):
     explain_sample_rate: float = Field(0.05, ge=0, le=1)
     presign_expiry: int = Field(900, ge=10, le=7 * 24 * 3600)
 
-    @field_validator("allowed_image_formats", "fetch_allowed_hosts", "fetch_private_hosts", mode="before")
+    @field_validator(
+        "allowed_image_formats",
+        "fetch_allowed_hosts",
+        "fetch_private_hosts",
+        "fetch_allowed_buckets",
+        mode="before",
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_list(value)

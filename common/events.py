@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -13,9 +13,21 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from common.db import Database
-from common.messages import Publisher
+from common.config import Settings
+from common.delivery import send_listings
+from common.imaging import ImageRejected, check_bucket_allowed, parse_s3_url
 from common.models import Listing, ListingStatus, Suggestion
+from common.runtime import Runtime
+
+# C0 controls, space and DEL: never part of a URL we fetch (a CR/LF could split a request).
+URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+# Identifiers and categories are shown and compared: no control characters at all.
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Postgres text cannot hold NUL; the rest of a title's whitespace is the seller's business.
+NUL = "\x00"
+# S3 bucket names as the S3 API defines them.
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+MAX_S3_KEY_BYTES = 1024
 
 
 class ListingEvent(BaseModel):
@@ -28,13 +40,42 @@ class ListingEvent(BaseModel):
     seller_category: str | None = Field(None, max_length=200)
     title: str | None = Field(None, max_length=2000)
 
+    @field_validator("listing_id", "seller_category")
+    @classmethod
+    def _no_control_characters(cls, value: str | None) -> str | None:
+        if value is not None and CONTROL.search(value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("title")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and NUL in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
     @field_validator("image_url")
     @classmethod
     def _supported_url(cls, value: str) -> str:
+        if URL_FORBIDDEN.search(value):
+            raise ValueError("must not contain spaces or control characters (CR, LF, tab, NUL, ...)")
         parts = urlsplit(value)
-        if parts.scheme in ("http", "https") and parts.hostname:
+        if parts.scheme in ("http", "https"):
+            if not parts.hostname:
+                raise ValueError("an http(s) URL needs a host")
+            if parts.username is not None or parts.password is not None:
+                raise ValueError("must not carry credentials")
+            try:
+                parts.port  # noqa: B018 - raises on a bad port
+            except ValueError:
+                raise ValueError("has an invalid port") from None
             return value
-        if parts.scheme == "s3" and parts.netloc and parts.path.strip("/"):
+        if parts.scheme == "s3":
+            bucket, _, key = value[len("s3://") :].partition("/")
+            if not BUCKET_NAME.match(bucket):
+                raise ValueError(f"s3 bucket {bucket!r} is not a valid bucket name")
+            if not key or len(key.encode()) > MAX_S3_KEY_BYTES:
+                raise ValueError(f"s3 object key must be 1 to {MAX_S3_KEY_BYTES} bytes")
             return value
         raise ValueError("must be an http(s):// URL or s3://bucket/key")
 
@@ -42,6 +83,26 @@ class ListingEvent(BaseModel):
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+
+class ListingRefused(ValueError):
+    """An event that is valid on its own but not acceptable here (e.g. a bucket not ours)."""
+
+    def __init__(self, listing_id: str, field: str, message: str) -> None:
+        super().__init__(f"listing {listing_id!r}: {field}: {message}")
+        self.listing_id = listing_id
+        self.field = field
+        self.message = message
+
+
+def refusal(event: ListingEvent, settings: Settings) -> ListingRefused | None:
+    """Why this deployment cannot accept the event, or None: photos only from our images buckets."""
+    if event.image_url.startswith("s3://"):
+        try:
+            check_bucket_allowed(parse_s3_url(event.image_url)[0], settings)
+        except ImageRejected as rejected:
+            return ListingRefused(event.listing_id, "image_url", rejected.detail)
+    return None
 
 
 Outcome = Literal["created", "requeued", "unchanged"]
@@ -57,9 +118,9 @@ class Published:
 def record_listing(session: Session, event: ListingEvent) -> Published:
     """Upsert the listing row. Same listing and image again: nothing changes.
 
-    A new image for a known listing, or the same image after a failure, queues it again.
+    A new image for a known listing, or the same image after a failure, queues it again. The
+    row's `enqueued_at` stays NULL until its message is known to be sent.
     """
-    now = datetime.now(UTC)
     inserted = session.execute(
         insert(Listing)
         .values(
@@ -69,7 +130,7 @@ def record_listing(session: Session, event: ListingEvent) -> Published:
             title=event.title,
             status=ListingStatus.queued,
             attempts=0,
-            enqueued_at=now,
+            enqueued_at=None,
         )
         .on_conflict_do_nothing(index_elements=["external_id"])
         .returning(Listing.id)
@@ -89,26 +150,42 @@ def record_listing(session: Session, event: ListingEvent) -> Published:
     listing.status = ListingStatus.queued
     listing.failure_reason = None
     listing.failure_detail = None
+    listing.last_error = None
     listing.attempts = 0
-    listing.enqueued_at = now
+    listing.enqueued_at = None
+    listing.claimed_at = None
     if not same_image:
         listing.image_sha256 = None
+        # The overlay explained the old photo; the new photo's decision gets its own.
+        session.execute(
+            update(Suggestion)
+            .where(Suggestion.listing_id == listing.id)
+            .values(gradcam_key=None, heatmap_key=None, gradcam_target=None, explain_requested_at=None)
+        )
     return Published(listing.id, event.listing_id, "requeued")
 
 
-def publish_listings(db: Database, publisher: Publisher, events: Iterable[ListingEvent]) -> list[Published]:
-    """Commit the rows first, then send one message per listing that needs work."""
+def publish_listings(runtime: Runtime, events: Iterable[ListingEvent]) -> list[Published]:
+    """Commit the rows first, then send one message per listing that needs work.
+
+    Raises `ListingRefused` (writing nothing) when any event is not acceptable here; callers
+    that want per-event answers check `refusal()` first.
+    """
     events = list(events)
-    with db.transaction() as session:
+    for event in events:
+        refused = refusal(event, runtime.settings)
+        if refused is not None:
+            raise refused
+    with runtime.db.transaction() as session:
         results = [record_listing(session, event) for event in events]
-    # Only after the commit: a worker must always find the row its message names.
-    publisher.embed(r.listing_id for r in results if r.outcome != "unchanged")
+    # Only after the commit: a worker must always find the row its message names. Should this
+    # process die before the send, the sweep sends what stayed unsent.
+    send_listings(runtime.db, runtime.publisher, [r.listing_id for r in results if r.outcome != "unchanged"])
     return results
 
 
 def publish_listing(
-    db: Database,
-    publisher: Publisher,
+    runtime: Runtime,
     listing_id: str,
     image_url: str,
     seller_category: str | None = None,
@@ -118,41 +195,4 @@ def publish_listing(
     event = ListingEvent(
         listing_id=listing_id, image_url=image_url, seller_category=seller_category, title=title
     )
-    return publish_listings(db, publisher, [event])[0]
-
-
-def sweep_stale_listings(db: Database, publisher: Publisher, older_than: timedelta) -> list[int]:
-    """Re-send listings still `queued` after `older_than` (Redis may have lost their message)."""
-    cutoff = datetime.now(UTC) - older_than
-    with db.transaction() as session:
-        ids = list(
-            session.execute(
-                update(Listing)
-                .where(Listing.status == ListingStatus.queued, Listing.enqueued_at < cutoff)
-                .values(enqueued_at=datetime.now(UTC))
-                .returning(Listing.id)
-            ).scalars()
-        )
-    publisher.embed(ids)
-    return ids
-
-
-def sweep_missing_explanations(db: Database, publisher: Publisher, older_than: timedelta) -> list[int]:
-    """Ask again for overlays of flagged suggestions that still have none (a lost message)."""
-    cutoff = datetime.now(UTC) - older_than
-    with db.transaction() as session:
-        ids = list(
-            session.execute(
-                select(Suggestion.listing_id)
-                .join(Listing, Listing.id == Suggestion.listing_id)
-                .where(
-                    Suggestion.needs_review,
-                    Suggestion.gradcam_key.is_(None),
-                    Suggestion.explain_error.is_(None),
-                    Suggestion.updated_at < cutoff,
-                    Listing.status == ListingStatus.suggested,
-                )
-            ).scalars()
-        )
-    publisher.explain(ids)
-    return ids
+    return publish_listings(runtime, [event])[0]

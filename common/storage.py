@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from io import BytesIO
@@ -10,14 +11,21 @@ from pathlib import Path
 
 import urllib3
 from minio import Minio
+from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
 
 from common.config import Settings
 
 PROBE_TIMEOUT = 3.0
+DELETE_BATCH = 1000  # S3's limit per multi-object delete
+OVERLAYS = "gradcam/"  # every listing's Grad-CAM objects live under OVERLAYS/<listing id>/
 # What talking to the object store can raise: the SDK's own errors, and the HTTP and socket
 # errors under it once its retries are spent.
 STORAGE_ERRORS: tuple[type[Exception], ...] = (MinioException, urllib3.exceptions.HTTPError, OSError)
+
+
+class ObjectTooLarge(ValueError):
+    """The object is larger than the caller accepts; nothing of it was read."""
 
 
 @dataclass
@@ -74,13 +82,35 @@ class ObjectStore:
     def get_bytes(self, bucket: str, key: str, max_bytes: int) -> bytes:
         size = self.client.stat_object(bucket, key).size or 0
         if size > max_bytes:
-            raise ValueError(f"object is {size} bytes, limit {max_bytes}")
+            raise ObjectTooLarge(f"object is {size} bytes, limit {max_bytes}")
         response = self.client.get_object(bucket, key)
         try:
             return response.read(max_bytes + 1)[:max_bytes]
         finally:
             response.close()
             response.release_conn()
+
+    def delete_keys(self, bucket: str, keys: Sequence[str]) -> int:
+        """Delete these objects; returns how many could be deleted (missing ones count as deleted)."""
+        deleted = 0
+        for start in range(0, len(keys), DELETE_BATCH):
+            chunk = [DeleteObject(key) for key in keys[start : start + DELETE_BATCH]]
+            # remove_objects is lazy: iterating it performs the deletes and yields the failures.
+            deleted += len(chunk) - len(list(self.client.remove_objects(bucket, chunk)))
+        return deleted
+
+    def delete_prefix(self, bucket: str, prefix: str, keep: frozenset[str] = frozenset()) -> int:
+        """Delete the objects under `prefix` except `keep`; returns how many could be deleted."""
+        doomed = [
+            DeleteObject(item.object_name)
+            for item in self.client.list_objects(bucket, prefix=prefix, recursive=True)
+            if item.object_name and item.object_name not in keep
+        ]
+        if not doomed:
+            return 0
+        # remove_objects is lazy: iterating it performs the deletes and yields the failures.
+        failures = list(self.client.remove_objects(bucket, doomed))
+        return len(doomed) - len(failures)
 
     def presigned_get(self, bucket: str, key: str, expiry_seconds: int) -> str:
         return self.client.presigned_get_object(bucket, key, expires=timedelta(seconds=expiry_seconds))

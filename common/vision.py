@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -147,6 +149,13 @@ class Backbone:
             allow_random=allow_random,
             with_classifier=with_classifier,
         )
+
+    @cached_property
+    def min_side(self) -> int:
+        """The shorter side timm's eval transform resizes a photo to: decoding more is waste."""
+        config = resolve_data_config({}, model=self.model)
+        size = max(config["input_size"][1:])
+        return math.ceil(size / float(config.get("crop_pct") or 1.0))
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """timm's eval transform for this model: one photo → one input tensor."""

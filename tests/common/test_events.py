@@ -1,25 +1,19 @@
-"""Listing events: validated, committed to Postgres before their message, idempotent, swept."""
+"""Listing events: validated strictly at the door, committed to Postgres before their message, idempotent."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-import numpy as np
 import pytest
 import redis
 from pydantic import ValidationError
 from sqlalchemy import func, select, update
 
 from common.config import Settings
-from common.events import (
-    ListingEvent,
-    publish_listing,
-    sweep_missing_explanations,
-    sweep_stale_listings,
-)
-from common.models import ClusteringVersion, Listing, ListingStatus, Suggestion
+from common.events import ListingEvent, ListingRefused, publish_listing, publish_listings, refusal
+from common.models import Listing, ListingStatus
 from common.queues import EMBED_QUEUE, EXPLAIN_QUEUE, REFIT_QUEUE, REFIT_TASK
 from common.runtime import Runtime
+
+PHOTO = "https://img.example.com/a.jpg"
 
 
 def _queued_messages(settings: Settings) -> int:
@@ -27,38 +21,69 @@ def _queued_messages(settings: Settings) -> int:
 
 
 @pytest.mark.parametrize(
-    "fields",
+    ("fields", "field"),
     [
-        {"listing_id": "", "image_url": "https://img.example.com/a.jpg"},
-        {"listing_id": "a", "image_url": "file:///etc/passwd"},
-        {"listing_id": "a", "image_url": "s3://bucket-only"},
-        {"listing_id": "a", "image_url": "https://img.example.com/a.jpg", "price": 3},
+        ({"listing_id": "", "image_url": PHOTO}, "listing_id"),
+        ({"listing_id": "a", "image_url": "file:///etc/passwd"}, "image_url"),
+        ({"listing_id": "a", "image_url": "s3://bucket-only"}, "image_url"),
+        ({"listing_id": "a", "image_url": "s3://Not_A_Bucket/key.jpg"}, "image_url"),
+        ({"listing_id": "a", "image_url": PHOTO, "price": 3}, "price"),
+        ({"listing_id": "a", "image_url": "https://img.example.com/a.jpg\r\nX-Evil: 1"}, "image_url"),
+        ({"listing_id": "a", "image_url": "https://img.example.com/a\tb.jpg"}, "image_url"),
+        ({"listing_id": "a", "image_url": "https://img.example.com/a b.jpg"}, "image_url"),
+        ({"listing_id": "a", "image_url": "https://user:secret@img.example.com/a.jpg"}, "image_url"),
+        ({"listing_id": "a", "image_url": "https://img.example.com:99999/a.jpg"}, "image_url"),
+        ({"listing_id": "a\x00b", "image_url": PHOTO}, "listing_id"),
+        ({"listing_id": "a", "image_url": PHOTO, "title": "a watch\x00"}, "title"),
+        ({"listing_id": "a", "image_url": PHOTO, "seller_category": "Watch\x00es"}, "seller_category"),
+        ({"listing_id": "a\nb", "image_url": PHOTO}, "listing_id"),
     ],
 )
-def test_invalid_events_are_refused(fields: dict[str, object]) -> None:
-    with pytest.raises(ValidationError):
+def test_invalid_events_are_refused_naming_the_field(fields: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
         ListingEvent(**fields)  # type: ignore[arg-type]
+    assert [error["loc"][0] for error in caught.value.errors()] == [field]
 
 
-def test_publish_commits_the_row_then_sends_one_message(
+def test_a_title_keeps_its_line_breaks() -> None:
+    event = ListingEvent(listing_id="a", image_url=PHOTO, title="Steel watch\nwith box")
+    assert event.title == "Steel watch\nwith box"
+
+
+def test_photos_only_from_our_images_buckets(settings: Settings, runtime: Runtime, clean_db: None) -> None:
+    ours = ListingEvent(listing_id="ours", image_url=f"s3://{settings.images_bucket}/photos/a.jpg")
+    other = ListingEvent(listing_id="other", image_url="s3://other-bucket/private.jpg")
+    assert refusal(ours, settings) is None
+    refused = refusal(other, settings)
+    assert refused is not None and refused.field == "image_url" and "other-bucket" in refused.message
+    # One refused event refuses the call before anything is written or sent.
+    with pytest.raises(ListingRefused, match="other-bucket"):
+        publish_listings(runtime, [ours, other])
+    with runtime.db.transaction() as session:
+        assert session.execute(select(func.count()).select_from(Listing)).scalar_one() == 0
+    assert _queued_messages(settings) == 0
+    allowed = settings.model_copy(update={"fetch_allowed_buckets": ["other-bucket"]})
+    assert refusal(other, allowed) is None
+
+
+def test_publish_commits_the_row_then_sends_one_message_then_marks_it_sent(
     settings: Settings, runtime: Runtime, clean_db: None
 ) -> None:
-    result = publish_listing(
-        runtime.db, runtime.publisher, "sku-1", "https://img.example.com/a.jpg", "Watches", "A watch"
-    )
+    result = publish_listing(runtime, "sku-1", PHOTO, "Watches", "A watch")
     assert result.outcome == "created"
     with runtime.db.transaction() as session:
         listing = session.get(Listing, result.listing_id)
         assert listing is not None
         assert (listing.status, listing.seller_category, listing.attempts) == ("queued", "Watches", 0)
+        assert listing.enqueued_at is not None
     assert _queued_messages(settings) == 1
 
 
 def test_republishing_the_same_listing_and_image_is_a_no_op(
     settings: Settings, runtime: Runtime, clean_db: None
 ) -> None:
-    first = publish_listing(runtime.db, runtime.publisher, "sku-2", "https://img.example.com/b.jpg")
-    again = publish_listing(runtime.db, runtime.publisher, "sku-2", "https://img.example.com/b.jpg")
+    first = publish_listing(runtime, "sku-2", "https://img.example.com/b.jpg")
+    again = publish_listing(runtime, "sku-2", "https://img.example.com/b.jpg")
     assert again.outcome == "unchanged" and again.listing_id == first.listing_id
     assert _queued_messages(settings) == 1
     with runtime.db.transaction() as session:
@@ -68,49 +93,21 @@ def test_republishing_the_same_listing_and_image_is_a_no_op(
 def test_a_new_image_or_a_failed_listing_is_queued_again(
     settings: Settings, runtime: Runtime, clean_db: None
 ) -> None:
-    first = publish_listing(runtime.db, runtime.publisher, "sku-3", "https://img.example.com/c.jpg")
+    first = publish_listing(runtime, "sku-3", "https://img.example.com/c.jpg")
     with runtime.db.transaction() as session:
         session.execute(
             update(Listing)
             .where(Listing.id == first.listing_id)
             .values(status=ListingStatus.failed, failure_reason="fetch_timeout", attempts=1)
         )
-    assert (
-        publish_listing(runtime.db, runtime.publisher, "sku-3", "https://img.example.com/c.jpg").outcome
-        == "requeued"
-    )
-    assert (
-        publish_listing(runtime.db, runtime.publisher, "sku-3", "https://img.example.com/d.jpg").outcome
-        == "requeued"
-    )
+    assert publish_listing(runtime, "sku-3", "https://img.example.com/c.jpg").outcome == "requeued"
+    assert publish_listing(runtime, "sku-3", "https://img.example.com/d.jpg").outcome == "requeued"
     with runtime.db.transaction() as session:
         listing = session.get(Listing, first.listing_id)
         assert listing is not None
         assert (listing.status, listing.failure_reason, listing.attempts) == ("queued", None, 0)
         assert listing.image_url.endswith("d.jpg")
     assert _queued_messages(settings) == 3
-
-
-def test_sweep_resends_only_listings_queued_too_long(
-    settings: Settings, runtime: Runtime, clean_db: None
-) -> None:
-    old = publish_listing(runtime.db, runtime.publisher, "sku-old", "https://img.example.com/old.jpg")
-    publish_listing(runtime.db, runtime.publisher, "sku-new", "https://img.example.com/new.jpg")
-    done = publish_listing(runtime.db, runtime.publisher, "sku-done", "https://img.example.com/done.jpg")
-    redis.Redis.from_url(settings.broker_url).delete(EMBED_QUEUE)  # Redis restarted: messages lost
-    with runtime.db.transaction() as session:
-        session.execute(
-            update(Listing)
-            .where(Listing.id.in_([old.listing_id, done.listing_id]))
-            .values(enqueued_at=func.now() - timedelta(hours=1))
-        )
-        session.execute(
-            update(Listing).where(Listing.id == done.listing_id).values(status=ListingStatus.suggested)
-        )
-    assert sweep_stale_listings(runtime.db, runtime.publisher, timedelta(minutes=10)) == [old.listing_id]
-    assert _queued_messages(settings) == 1
-    # Just re-sent: not old any more.
-    assert sweep_stale_listings(runtime.db, runtime.publisher, timedelta(minutes=10)) == []
 
 
 def test_each_queue_gets_only_its_own_messages(settings: Settings, runtime: Runtime, clean_db: None) -> None:
@@ -120,40 +117,8 @@ def test_each_queue_gets_only_its_own_messages(settings: Settings, runtime: Runt
     with app.connection_for_write() as connection:
         for queue in app.amqp.queues.values():
             queue(connection.default_channel).declare()
-    publish_listing(runtime.db, runtime.publisher, "sku-routing", "https://img.example.com/r.jpg")
+    publish_listing(runtime, "sku-routing", "https://img.example.com/r.jpg")
     runtime.publisher.explain([1, 2])
     app.send_task(REFIT_TASK)
     depths = {queue: int(client.llen(queue)) for queue in (EMBED_QUEUE, EXPLAIN_QUEUE, REFIT_QUEUE)}
     assert depths == {EMBED_QUEUE: 1, EXPLAIN_QUEUE: 2, REFIT_QUEUE: 1}
-
-
-def test_sweep_asks_again_for_overlays_that_never_came(
-    settings: Settings, runtime: Runtime, clean_db: None
-) -> None:
-    listings = [
-        publish_listing(runtime.db, runtime.publisher, f"sku-x{i}", f"https://img.example.com/x{i}.jpg")
-        for i in range(4)
-    ]
-    with runtime.db.transaction() as session:
-        version = ClusteringVersion(
-            backbone_id="m@1", k=1, dim=2, centroids=np.ones(2, dtype=np.float32), cluster_categories=[],
-            sizes=[4], n_vectors=4, n_labelled=0, fit_seconds=0.1, algorithm="kmeans", is_current=True,
-        )  # fmt: skip
-        session.add(version)
-        session.flush()
-        for i, published in enumerate(listings):
-            session.add(
-                Suggestion(
-                    listing_id=published.listing_id, clustering_version_id=version.id, backbone_id="m@1",
-                    cluster=0, category="Watches", confidence=0.3, alternatives=[], method="knn",
-                    needs_review=i != 3,  # the last one is confident: no overlay needed
-                    gradcam_key="done.png" if i == 1 else None,
-                    explain_error="corrupt_image" if i == 2 else None,
-                    updated_at=func.now() - timedelta(hours=1),
-                )
-            )  # fmt: skip
-        session.execute(update(Listing).values(status=ListingStatus.suggested))
-    assert sweep_missing_explanations(runtime.db, runtime.publisher, timedelta(minutes=10)) == [
-        listings[0].listing_id
-    ]
-    assert redis.Redis.from_url(settings.broker_url).llen(EXPLAIN_QUEUE) == 1

@@ -7,6 +7,7 @@ import pytest
 from common.config import Settings, load_settings
 from common.imaging import (
     FailureReason,
+    Fault,
     ImageRejected,
     check_url_allowed,
     decode_image,
@@ -74,34 +75,57 @@ def test_allow_list_limits_hosts() -> None:
     _rejected(FailureReason.invalid_url, check_url_allowed, "ftp://images.example.com/a.jpg", settings)
 
 
-def _local(**overrides: object) -> Settings:
-    return load_settings(fetch_private_hosts="127.0.0.1", **overrides)
+def _local(base: str = "http://127.0.0.1:80", **overrides: object) -> Settings:
+    """Settings that allow the private host of `base` (a local test server) on its own port."""
+    return load_settings(fetch_private_hosts=base.removeprefix("http://"), **overrides)
 
 
 def test_http_fetch_within_limits() -> None:
     with serve_bytes({"photo.jpg": real_jpeg()}) as base:
-        assert fetch_http(f"{base}/photo.jpg", _local()) == real_jpeg()
-        _rejected(FailureReason.fetch_failed, fetch_http, f"{base}/missing.jpg", _local())
-        _rejected(FailureReason.too_many_bytes, fetch_http, f"{base}/photo.jpg", _local(max_image_bytes=2048))
+        assert fetch_http(f"{base}/photo.jpg", _local(base)) == real_jpeg()
+        _rejected(FailureReason.fetch_failed, fetch_http, f"{base}/missing.jpg", _local(base))
+        _rejected(
+            FailureReason.too_many_bytes, fetch_http, f"{base}/photo.jpg", _local(base, max_image_bytes=2048)
+        )
         # localhost is not in the private allow-list even though 127.0.0.1 is.
         _rejected(
             FailureReason.private_address,
             fetch_http,
             f"{base.replace('127.0.0.1', 'localhost')}/photo.jpg",
-            _local(),
+            _local(base),
         )
 
 
 def test_unreachable_host_is_a_fetch_failure() -> None:
-    _rejected(FailureReason.fetch_failed, fetch_http, f"http://127.0.0.1:{free_port()}/a.jpg", _local())
+    closed = f"http://127.0.0.1:{free_port()}"
+    _rejected(FailureReason.fetch_failed, fetch_http, f"{closed}/a.jpg", _local(closed))
     _rejected(FailureReason.fetch_failed, fetch_http, "http://no-such-host.invalid/a.jpg", _local())
 
 
-def test_s3_urls_read_from_the_object_store(settings: Settings) -> None:
+def test_s3_urls_read_from_the_images_bucket_only(settings: Settings) -> None:
     store = ObjectStore.from_settings(settings)
-    store.ensure_bucket("imaging-test")
-    store.put_bytes("imaging-test", "a.jpg", real_jpeg(), "image/jpeg")
-    assert fetch_image_bytes("s3://imaging-test/a.jpg", settings, store) == real_jpeg()
-    _rejected(FailureReason.fetch_failed, fetch_image_bytes, "s3://imaging-test/missing.jpg", settings, store)
-    small = load_settings(max_image_bytes=2048)
-    _rejected(FailureReason.too_many_bytes, fetch_image_bytes, "s3://imaging-test/a.jpg", small, store)
+    bucket = settings.images_bucket
+    store.ensure_bucket(bucket)
+    store.put_bytes(bucket, "a.jpg", real_jpeg(), "image/jpeg")
+    assert fetch_image_bytes(f"s3://{bucket}/a.jpg", settings, store) == real_jpeg()
+    missing = _rejected(
+        FailureReason.fetch_failed, fetch_image_bytes, f"s3://{bucket}/missing.jpg", settings, store
+    )
+    assert missing.fault == Fault.photo
+    small = settings.model_copy(update={"max_image_bytes": 2048})
+    _rejected(FailureReason.too_many_bytes, fetch_image_bytes, f"s3://{bucket}/a.jpg", small, store)
+    # Another bucket of the same store: refused before any request.
+    store.ensure_bucket("other-bucket")
+    store.put_bytes("other-bucket", "private.jpg", real_jpeg(), "image/jpeg")
+    _rejected(
+        FailureReason.bucket_not_allowed, fetch_image_bytes, "s3://other-bucket/private.jpg", settings, store
+    )
+
+
+def test_our_store_being_away_is_not_the_photos_fault(settings: Settings) -> None:
+    away = settings.model_copy(update={"s3_endpoint": f"127.0.0.1:{free_port()}"})
+    url = f"s3://{settings.images_bucket}/a.jpg"
+    rejected = _rejected(
+        FailureReason.storage_unavailable, fetch_image_bytes, url, away, ObjectStore.from_settings(away)
+    )
+    assert rejected.fault == Fault.ours
