@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRY_FIRST_DELAY = 0.5
+RETRY_MAX_DELAY = 15.0
 
 
 class Database:
@@ -31,6 +40,34 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """The database is away (stopped, restarting, unreachable): not a fault of the work itself."""
+    if isinstance(error, (OperationalError, InterfaceError, PoolTimeout)):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+def until_available(work: Callable[[], T], what: str) -> T:
+    """Run `work` (one transaction) until the database lets it finish.
+
+    A worker can do nothing useful without Postgres, so it waits, with a capped backoff, for as
+    long as the outage lasts; the messages it holds stay unacknowledged meanwhile, never lost.
+    Any other error is raised at once.
+    """
+    delay = RETRY_FIRST_DELAY
+    while True:
+        try:
+            return work()
+        except Exception as error:
+            if not database_unavailable(error):
+                raise
+            log.warning(
+                "database unavailable while %s (%s); retrying in %.1fs", what, type(error).__name__, delay
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX_DELAY)
 
 
 def _server(url: str) -> Engine:

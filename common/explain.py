@@ -19,29 +19,33 @@ from sqlalchemy.orm import Session
 from timm.data import resolve_data_config
 
 from common.config import Settings
-from common.db import Database
+from common.db import Database, until_available
 from common.gradcam import Explanation, gradcam, has_classifier, render_pngs
-from common.imaging import FailureReason, ImageRejected, LoadedImage, http_client, load_image
+from common.imaging import Fault, ImageRejected, LoadedImage, http_client, load_image
 from common.models import ClusteringVersion, Listing, Suggestion
-from common.storage import STORAGE_ERRORS, ObjectStore
+from common.storage import OVERLAYS, STORAGE_ERRORS, ObjectStore
 from common.vision import Backbone
 
 log = logging.getLogger(__name__)
 
 NO_CLUSTERING_VERSION = 0  # key segment `v0`: explained without a clustering (ImageNet target)
 RETRY_BASE_SECONDS = 5.0
-RETRY_MAX_SECONDS = 600.0  # below the broker's visibility timeout, so a delayed retry is not redelivered
-# Fetch failures may be an S3 or network outage: retried, never recorded as the listing's fault.
-TRANSIENT_REASONS = (FailureReason.fetch_failed, FailureReason.fetch_timeout)
+RETRY_MAX_SECONDS = 600.0
+# Overlays are looked at on a screen: decode photos with at least this shorter side, not full size.
+OVERLAY_MIN_SIDE = 512
 
 
 def sanitize(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", part)
 
 
+def overlay_prefix(listing_id: int) -> str:
+    return f"{OVERLAYS}{listing_id}/"
+
+
 def object_keys(listing_id: int, image_sha256: str, backbone_id: str, version: int) -> tuple[str, str]:
     """Content-addressed (overlay, heatmap) keys: the same inputs always name the same objects."""
-    prefix = f"gradcam/{listing_id}/{image_sha256}/{sanitize(backbone_id)}/v{version}"
+    prefix = f"{overlay_prefix(listing_id)}{image_sha256}/{sanitize(backbone_id)}/v{version}"
     return f"{prefix}/overlay.png", f"{prefix}/heatmap.png"
 
 
@@ -63,6 +67,10 @@ class ExplainedListing:
     version: int
     written: bool  # False when both objects were already stored
 
+    @property
+    def keys(self) -> tuple[str, str]:
+        return self.overlay_key, self.heatmap_key
+
 
 @dataclass
 class ExplainReport:
@@ -77,13 +85,16 @@ class _Work:
     listing_id: int
     image_url: str
     version: int
+    cluster: int
     centroid: np.ndarray | None
     has_suggestion: bool
     loaded: LoadedImage | None = None
     explanation: Explanation | None = None
 
 
-def _plan(db: Database, listing_ids: Sequence[int], backbone: Backbone, report: ExplainReport) -> list[_Work]:
+def _plan(db: Database, listing_ids: Sequence[int], backbone: Backbone) -> tuple[list[_Work], ExplainReport]:
+    """What to explain, and against which centroid; what to skip or refuse, in a fresh report."""
+    report = ExplainReport()
     work: list[_Work] = []
     with db.transaction() as session:
         rows = session.execute(
@@ -99,14 +110,11 @@ def _plan(db: Database, listing_ids: Sequence[int], backbone: Backbone, report: 
                 if not has_classifier(backbone.model):
                     report.skipped.append(listing.id)
                     continue
-                work.append(_Work(listing.id, listing.image_url, NO_CLUSTERING_VERSION, None, False))
+                work.append(_Work(listing.id, listing.image_url, NO_CLUSTERING_VERSION, -1, None, False))
                 continue
             version = suggestion.clustering_version_id
-            if (
-                listing.image_sha256
-                and suggestion.gradcam_key
-                == (object_keys(listing.id, listing.image_sha256, backbone.backbone_id, version)[0])
-            ):
+            if suggestion.gradcam_key is not None:
+                # Keys are cleared whenever the decision changes: this one is still explained.
                 report.skipped.append(listing.id)
                 continue
             if suggestion.backbone_id != backbone.backbone_id:
@@ -121,13 +129,15 @@ def _plan(db: Database, listing_ids: Sequence[int], backbone: Backbone, report: 
                 centroids[version] = clustering.centroid_matrix()
             centroid = centroids[version][suggestion.cluster].astype(np.float32)
             centroid = centroid / max(float(np.linalg.norm(centroid)), 1e-12)
-            work.append(_Work(listing.id, listing.image_url, version, centroid, True))
-    return work
+            work.append(_Work(listing.id, listing.image_url, version, suggestion.cluster, centroid, True))
+    return work, report
 
 
-def _load(item: _Work, settings: Settings, store: ObjectStore, client: httpx.Client) -> ImageRejected | None:
+def _load(
+    item: _Work, settings: Settings, store: ObjectStore, client: httpx.Client, min_side: int
+) -> ImageRejected | None:
     try:
-        item.loaded = load_image(item.image_url, settings, store, client)
+        item.loaded = load_image(item.image_url, settings, store, client, min_side)
     except ImageRejected as error:
         return error
     except Exception as error:  # a bug, not the photo's fault: isolated, and retried like an outage
@@ -140,20 +150,21 @@ def explain_listings(
     db: Database, listing_ids: Sequence[int], settings: Settings, backbone: Backbone, store: ObjectStore
 ) -> ExplainReport:
     """Explain these listings' suggestions; PNGs are stored before the rows point to them."""
-    report = ExplainReport()
-    work = _plan(db, sorted(set(map(int, listing_ids))), backbone, report)
+    ids = sorted(set(map(int, listing_ids)))
+    work, report = until_available(lambda: _plan(db, ids, backbone), "planning overlays")
+    min_side = max(backbone.min_side, OVERLAY_MIN_SIDE)
 
     # One HTTP client for the batch: creating one per photo costs more than decoding it.
     with (
         http_client(settings) as client,
         ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="explain-load") as pool,
     ):
-        errors = list(pool.map(lambda item: _load(item, settings, store, client), work))
+        errors = list(pool.map(lambda item: _load(item, settings, store, client, min_side), work))
     ready: list[_Work] = []
     for item, error in zip(work, errors, strict=True):
         if error is None:
             ready.append(item)
-        elif error.reason in TRANSIENT_REASONS:
+        elif error.fault != Fault.photo:  # the host, our store or a bug of ours: tried again
             report.retry.append(item.listing_id)
         else:
             report.failed[item.listing_id] = f"{error.reason}: {error.detail}"
@@ -180,7 +191,8 @@ def explain_listings(
                 item.explanation = explanation
 
     _store_objects(ready, settings, backbone, store, report)
-    _record(db, work, report)
+    recorded = until_available(lambda: _record(db, work, report), "recording overlays")
+    _delete_superseded(store, settings.gradcam_bucket, [report.explained[i] for i in recorded])
     return report
 
 
@@ -221,18 +233,26 @@ def _store_objects(
         )
 
 
-def _record(db: Database, work: list[_Work], report: ExplainReport) -> None:
-    versions = {item.listing_id: item.version for item in work if item.has_suggestion}
+def _record(db: Database, work: list[_Work], report: ExplainReport) -> list[int]:
+    """Point the rows at their overlays; returns the listings whose row took its overlay.
+
+    Guarded by the decision explained (version and cluster): if a refit changed it meanwhile,
+    the overlay is not recorded and the request is forgotten, so the sweep asks again for an
+    overlay of the new decision.
+    """
+    planned = {item.listing_id: item for item in work if item.has_suggestion}
+    recorded = []
     with db.transaction() as session:
         for listing_id, done in report.explained.items():
-            if listing_id not in versions:
+            item = planned.get(listing_id)
+            if item is None:
                 continue
-            # Guarded by version: a refit meanwhile has cleared the keys, and they stay cleared.
-            session.execute(
+            matched = session.execute(
                 update(Suggestion)
                 .where(
                     Suggestion.listing_id == listing_id,
-                    Suggestion.clustering_version_id == versions[listing_id],
+                    Suggestion.clustering_version_id == item.version,
+                    Suggestion.cluster == item.cluster,
                 )
                 .values(
                     gradcam_key=done.overlay_key,
@@ -240,12 +260,37 @@ def _record(db: Database, work: list[_Work], report: ExplainReport) -> None:
                     gradcam_target=done.target,
                     explain_error=None,
                 )
-            )
+                .returning(Suggestion.listing_id)
+            ).scalar_one_or_none()
+            if matched is None:
+                session.execute(
+                    update(Suggestion)
+                    .where(Suggestion.listing_id == listing_id, Suggestion.gradcam_key.is_(None))
+                    .values(explain_requested_at=None)
+                )
+            else:
+                recorded.append(listing_id)
         for listing_id, reason in report.failed.items():
             record_explain_error(session, listing_id, reason)
+    return recorded
+
+
+def _delete_superseded(store: ObjectStore, bucket: str, done: list[ExplainedListing]) -> None:
+    """A listing keeps only the overlay its row points to; older ones are deleted (best effort)."""
+    for item in done:
+        try:
+            store.delete_prefix(bucket, overlay_prefix(item.listing_id), keep=frozenset(item.keys))
+        except STORAGE_ERRORS as error:
+            log.warning("superseded overlays of %s not deleted: %s", item.listing_id, error)
 
 
 def record_explain_error(session: Session, listing_id: int, reason: str) -> None:
     session.execute(
         update(Suggestion).where(Suggestion.listing_id == listing_id).values(explain_error=reason[:2000])
     )
+
+
+def record_explain_errors(db: Database, errors: dict[int, str]) -> None:
+    with db.transaction() as session:
+        for listing_id, reason in errors.items():
+            record_explain_error(session, listing_id, reason)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
+from functools import cached_property
 
+import redis
 from celery import Celery
 
 from common.config import Settings
 from common.queues import EMBED_QUEUE, EMBED_TASK, EXPLAIN_QUEUE, EXPLAIN_TASK, declarations, routes
+
+# kombu's Redis transport keeps one list per priority step: `name`, then `name\x06\x16{step}`.
+KOMBU_PRIORITY_SEP = "\x06\x16"
+KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
+# Written by the sweep, gone when Redis restarts empty (it keeps nothing on disk): its absence
+# means every message the broker held is lost.
+BROKER_MARK_KEY = "vitrine:broker-mark"
 
 
 def producer_app(settings: Settings, name: str = "vitrine-publisher") -> Celery:
@@ -23,8 +33,13 @@ def producer_app(settings: Settings, name: str = "vitrine-publisher") -> Celery:
     return app
 
 
+def queue_lists(queue: str) -> list[str]:
+    """The Redis lists that hold `queue`'s waiting messages, one per priority step."""
+    return [queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}" for step in KOMBU_PRIORITY_STEPS]
+
+
 class Publisher:
-    """Puts listing ids on the `embed` and `explain` queues."""
+    """Puts listing ids on the `embed` and `explain` queues, and answers questions about them."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app
@@ -33,9 +48,16 @@ class Publisher:
     def from_settings(cls, settings: Settings) -> Publisher:
         return cls(producer_app(settings))
 
-    def embed(self, listing_ids: Iterable[int]) -> None:
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.app.conf.broker_url, socket_connect_timeout=5, socket_timeout=10)
+
+    def embed(self, listing_ids: Iterable[int], *, retry: int = 0, countdown: float | None = None) -> None:
+        kwargs = {"retry": retry} if retry else {}
         for listing_id in listing_ids:
-            self.app.send_task(EMBED_TASK, args=[int(listing_id)], queue=EMBED_QUEUE)
+            self.app.send_task(
+                EMBED_TASK, args=[int(listing_id)], kwargs=kwargs, queue=EMBED_QUEUE, countdown=countdown
+            )
 
     def explain(
         self, listing_ids: Iterable[int], *, attempt: int = 0, countdown: float | None = None
@@ -47,5 +69,17 @@ class Publisher:
                 EXPLAIN_TASK, args=[int(listing_id)], kwargs=kwargs, queue=EXPLAIN_QUEUE, countdown=countdown
             )
 
+    def queue_depth(self, queue: str) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        for name in queue_lists(queue):
+            pipe.llen(name)
+        return int(sum(pipe.execute()))
+
+    def broker_was_reset(self) -> bool:
+        """True the first time it is asked after the broker started empty (and on first use)."""
+        return bool(self.redis.set(BROKER_MARK_KEY, uuid.uuid4().hex, nx=True))
+
     def close(self) -> None:
+        if "redis" in self.__dict__:
+            self.redis.close()
         self.app.close()

@@ -86,6 +86,9 @@ class Listing(Base):
     # The last fault of ours (not the photo's) met while embedding it: retried under the attempts
     # cap, then the listing fails as `internal_error` with this detail.
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Set when a worker claims the listing and cleared when that batch's outcome is written: a
+    # listing that arrives still claimed took its worker down, and is handled alone.
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     suggestion: Mapped[Suggestion | None] = relationship(back_populates="listing", uselist=False)
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
@@ -19,12 +20,13 @@ from common.db import Database
 from common.embeddings import current_version, iter_embeddings, label_expression, newest_backbone_id
 from common.models import ClusteringVersion, Embedding, Listing
 from common.suggest import cluster_label_shares
-from common.suggestions import reassign_suggestions
+from common.suggestions import Lineage, reassign_suggestions
 
 log = logging.getLogger(__name__)
 
 # Arbitrary constant naming the refit lock among Postgres advisory locks.
 REFIT_LOCK_KEY = 0x56495452  # "VITR"
+SKIPPED_RUNNING = "another refit is running"
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ class RefitResult:
     stability_ari: float | None
     fit_seconds: float
     suggested: int
-    explain: list[int]
+    explain: list[int]  # listings whose new decision wants an overlay
+    superseded: list[str]  # object keys of overlays that no longer explain their decision
     skipped_reason: str | None = None
 
 
@@ -77,41 +80,70 @@ def refit_lock(db: Database) -> Iterator[bool]:
             connection.commit()
 
 
-def refit(db: Database, settings: Settings, *, k: int | None = None) -> RefitResult:
+def refit(
+    db: Database, settings: Settings, *, k: int | None = None, min_age: float | None = None
+) -> RefitResult:
     """Fit a new clustering version on the stored embeddings, make it current, re-suggest.
 
-    This is what the periodic task and `vitrine refit` both run.
+    This is what the periodic task and `vitrine refit` both run. `min_age`: skip when the
+    current version is younger than this many seconds (the periodic task passes most of its
+    interval, so two beats, or a beat and a manual refit, make one refit per interval).
     """
     with refit_lock(db) as acquired:
         if not acquired:
-            return _skipped("another refit is running")
+            return _skipped(SKIPPED_RUNNING)
         started = time.perf_counter()
         with db.transaction() as session:
             backbone_id = newest_backbone_id(session, settings.model)
             if backbone_id is None:
                 return _skipped(f"no embeddings of {settings.model} yet")
+            age = version_age(session, backbone_id)
+            if min_age is not None and age is not None and age < min_age:
+                return _skipped(f"the current clustering is {age:.0f}s old, younger than {min_age:.0f}s")
             n, k = count_for_fit(session, backbone_id, k or settings.refit_k)
             if n < k:
                 return _skipped(f"{n} embeddings are fewer than k={k}", backbone_id)
             centroids, algorithm = fit_centroids(session, backbone_id, n, k, settings)
             scores = score_clustering(session, backbone_id, centroids, settings.refit_chunk)
             fit_seconds = time.perf_counter() - started
+            lineage = cluster_lineage(current_version(session, backbone_id), centroids)
             version_id = make_current(session, backbone_id, centroids, scores, n, fit_seconds, algorithm)
         # The switch is committed; now (re)assign suggestions in bounded chunks.
-        suggested, explain = reassign_suggestions(db, settings, backbone_id)
+        suggested, explain, dropped = reassign_suggestions(db, settings, backbone_id, lineage)
     log.info(
         "refit: version %s k=%d n=%d ari=%s nmi=%s stability=%s in %.1fs",
         version_id, k, n, scores.ari, scores.nmi, scores.stability_ari, fit_seconds,
     )  # fmt: skip
     return RefitResult(
         version_id, backbone_id, k, n, scores.n_labelled, scores.ari, scores.nmi,
-        scores.stability_ari, fit_seconds, suggested, explain,
+        scores.stability_ari, fit_seconds, suggested, explain, dropped,
     )  # fmt: skip
 
 
 def _skipped(reason: str, backbone_id: str | None = None) -> RefitResult:
     log.info("refit skipped: %s", reason)
-    return RefitResult(None, backbone_id, 0, 0, 0, None, None, None, 0.0, 0, [], reason)
+    return RefitResult(None, backbone_id, 0, 0, 0, None, None, None, 0.0, 0, [], [], reason)
+
+
+def version_age(session: Session, backbone_id: str) -> float | None:
+    """Seconds since the current version of the backbone was made; None without one."""
+    created = session.execute(
+        select(ClusteringVersion.created_at).where(
+            ClusteringVersion.backbone_id == backbone_id, ClusteringVersion.is_current
+        )
+    ).scalar_one_or_none()
+    return None if created is None else (datetime.now(UTC) - created).total_seconds()
+
+
+def cluster_lineage(previous: ClusteringVersion | None, centroids: np.ndarray) -> Lineage | None:
+    """New clusters that continue a previous one: mutual nearest centroids (cosine)."""
+    if previous is None or previous.dim != centroids.shape[1]:
+        return None
+    similarity = centroids @ previous.centroid_matrix().T
+    nearest_old = np.argmax(similarity, axis=1)
+    nearest_new = np.argmax(similarity, axis=0)
+    clusters = {new: int(old) for new, old in enumerate(nearest_old) if nearest_new[old] == new}
+    return Lineage(previous.id, clusters)
 
 
 def count_for_fit(session: Session, backbone_id: str, k: int | None) -> tuple[int, int]:

@@ -17,14 +17,11 @@ from sqlalchemy.orm import Session
 
 from common.config import Settings
 from common.db import Database
-from common.messages import producer_app
+from common.messages import producer_app, queue_lists
 from common.models import ClusteringVersion, Embedding, Listing, ListingStatus, Suggestion
 from common.queues import QUEUES
 from common.storage import STORAGE_ERRORS, ObjectStore
 
-# kombu's Redis transport keeps one list per priority step: `name`, then `name\x06\x16{step}`.
-KOMBU_PRIORITY_SEP = "\x06\x16"
-KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 KOMBU_UNACKED_KEY = "unacked"
 THROUGHPUT_WINDOW = timedelta(minutes=5)
 CONNECT_TIMEOUT = 3.0
@@ -184,10 +181,10 @@ def queue_depths(client: redis.Redis) -> dict[str, int]:
     """Messages waiting in each Celery queue (all priority steps of kombu's Redis lists)."""
     pipe = client.pipeline(transaction=False)
     for queue in QUEUES:
-        for step in KOMBU_PRIORITY_STEPS:
-            pipe.llen(queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}")
+        for name in queue_lists(queue):
+            pipe.llen(name)
     lengths = pipe.execute()
-    steps = len(KOMBU_PRIORITY_STEPS)
+    steps = len(lengths) // len(QUEUES)
     return {queue: int(sum(lengths[i * steps : (i + 1) * steps])) for i, queue in enumerate(QUEUES)}
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, case, func, null, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -32,15 +32,32 @@ class SuggestionRow:
     category: str | None
     confidence: float
     needs_review: bool
+    # The decision is the one its stored overlay explains (same category, same or matching
+    # cluster): nothing to explain again.
+    explanation_kept: bool = False
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """How the clusters of a new clustering version continue those of the previous one.
+
+    `clusters[new] = previous`: the two clusters' centroids are each other's nearest, so a
+    decision for `new` is the same decision as one for `previous` and keeps its explanation.
+    """
+
+    previous_version_id: int
+    clusters: dict[int, int]
 
 
 def explanation_wanted(rows: Iterable[SuggestionRow], sample_rate: float) -> list[int]:
-    """Listings whose suggestion gets a Grad-CAM overlay: every flagged one, and a stable sample
-    of the confident ones so that auditors can see what confident decisions look at."""
+    """Listings whose suggestion needs a new Grad-CAM overlay: every flagged one, and a stable
+    sample of the confident ones so that auditors can see what confident decisions look at;
+    none whose decision is unchanged since its overlay was made."""
     return sorted(
         row.listing_id
         for row in rows
-        if row.needs_review or (sample_rate > 0 and stable_fraction(row.listing_id) < sample_rate)
+        if not row.explanation_kept
+        and (row.needs_review or (sample_rate > 0 and stable_fraction(row.listing_id) < sample_rate))
     )
 
 
@@ -98,24 +115,49 @@ def upsert_suggestions(
     listing_ids: Sequence[int],
     vectors: np.ndarray,
     settings: Settings,
+    lineage: Lineage | None = None,
 ) -> list[SuggestionRow]:
-    """Suggest for these listings under `model`; listings a moderator decided are left alone."""
-    if not len(listing_ids):
+    """Suggest for these listings under `model`; listings a moderator decided are left alone.
+
+    An overlay stays with its suggestion while the decision it explains is unchanged (same
+    category, and the same cluster or, after a refit, the cluster that continues it); otherwise
+    it is dropped, and the listing may be explained again.
+    """
+    ids = [int(i) for i in listing_ids]
+    if not ids:
         return []
     reviewed = set(
         session.execute(
-            select(Listing.id).where(
-                Listing.id.in_(list(map(int, listing_ids))),
-                Listing.status == ListingStatus.reviewed,
-            )
+            select(Listing.id).where(Listing.id.in_(ids), Listing.status == ListingStatus.reviewed)
         ).scalars()
     )
+    # Locked until the commit, so an overlay recorded meanwhile is not overwritten unseen.
+    previous = {
+        row.listing_id: row
+        for row in session.execute(
+            select(
+                Suggestion.listing_id,
+                Suggestion.clustering_version_id,
+                Suggestion.cluster,
+                Suggestion.category,
+                Suggestion.gradcam_key,
+                Suggestion.heatmap_key,
+                Suggestion.gradcam_target,
+                Suggestion.explain_requested_at,
+            )
+            .where(Suggestion.listing_id.in_(ids))
+            .with_for_update()
+        )
+    }
     rows, results = [], []
-    for listing_id, scored in zip(listing_ids, model.score(vectors), strict=True):
-        listing_id = int(listing_id)
+    for listing_id, scored in zip(ids, model.score(vectors), strict=True):
         if listing_id in reviewed:
             continue
         needs_review = scored.category is None or scored.confidence < settings.confidence_threshold
+        old = previous.get(listing_id)
+        kept = old is not None and _same_decision(
+            old, model.version_id, scored.cluster, scored.category, lineage
+        )
         rows.append(
             {
                 "listing_id": listing_id,
@@ -127,35 +169,39 @@ def upsert_suggestions(
                 "alternatives": scored.alternatives,
                 "method": model.method,
                 "needs_review": needs_review,
+                "gradcam_key": old.gradcam_key if kept and old else None,
+                "heatmap_key": old.heatmap_key if kept and old else None,
+                "gradcam_target": old.gradcam_target if kept and old else None,
+                "explain_requested_at": old.explain_requested_at if kept and old else None,
             }
         )
-        results.append(SuggestionRow(listing_id, scored.category, scored.confidence, needs_review))
+        results.append(SuggestionRow(listing_id, scored.category, scored.confidence, needs_review, kept))
     for start in range(0, len(rows), UPSERT_ROWS):
         _upsert_rows(session, rows[start : start + UPSERT_ROWS])
     return results
 
 
+def _same_decision(
+    old: Any, version_id: int, cluster: int, category: str | None, lineage: Lineage | None
+) -> bool:
+    if old.category != category:
+        return False
+    if old.clustering_version_id == version_id:
+        return bool(old.cluster == cluster)
+    return (
+        lineage is not None
+        and old.clustering_version_id == lineage.previous_version_id
+        and lineage.clusters.get(cluster) == old.cluster
+    )
+
+
 def _upsert_rows(session: Session, rows: list[dict[str, object]]) -> None:
     statement = insert(Suggestion).values(rows)
-    changed_version = Suggestion.clustering_version_id != statement.excluded.clustering_version_id
+    columns = [name for name in rows[0] if name != "listing_id"]
     session.execute(
         statement.on_conflict_do_update(
             index_elements=["listing_id"],
-            set_={
-                "clustering_version_id": statement.excluded.clustering_version_id,
-                "backbone_id": statement.excluded.backbone_id,
-                "cluster": statement.excluded.cluster,
-                "category": statement.excluded.category,
-                "confidence": statement.excluded.confidence,
-                "alternatives": statement.excluded.alternatives,
-                "method": statement.excluded.method,
-                "needs_review": statement.excluded.needs_review,
-                "updated_at": func.now(),
-                # An explanation belongs to one clustering version; a new version needs a new one.
-                "gradcam_key": _keep_unless(changed_version, Suggestion.gradcam_key),
-                "heatmap_key": _keep_unless(changed_version, Suggestion.heatmap_key),
-                "gradcam_target": _keep_unless(changed_version, Suggestion.gradcam_target),
-            },
+            set_={**{name: statement.excluded[name] for name in columns}, "updated_at": func.now()},
         )
     )
     session.execute(
@@ -168,21 +214,20 @@ def _upsert_rows(session: Session, rows: list[dict[str, object]]) -> None:
     )
 
 
-def _keep_unless(condition: ColumnElement[bool], column: Any) -> ColumnElement[Any]:
-    return case((condition, null()), else_=column)
-
-
-def reassign_suggestions(db: Database, settings: Settings, backbone_id: str) -> tuple[int, list[int]]:
+def reassign_suggestions(
+    db: Database, settings: Settings, backbone_id: str, lineage: Lineage | None = None
+) -> tuple[int, list[int], list[str]]:
     """Suggest under the current version for every embedded listing, one transaction per chunk.
 
-    Returns how many suggestions were written and which listings want an explanation.
+    Returns how many suggestions were written, which listings want an explanation, and the
+    object keys of overlays that no longer explain their decision (to be deleted).
     """
     with db.transaction() as session:
         version = current_version(session, backbone_id)
         if version is None:
-            return 0, []
+            return 0, [], []
         model = build_suggestion_model(session, version, settings)
-    total, explain = 0, list[int]()
+    total, explain, dropped = 0, list[int](), list[str]()
     last_id = 0
     while True:
         with db.transaction() as session:
@@ -193,10 +238,19 @@ def reassign_suggestions(db: Database, settings: Settings, backbone_id: str) -> 
                 .limit(settings.refit_chunk)
             ).all()
             if not rows:
-                return total, explain
+                return total, explain, dropped
             last_id = rows[-1][0]
+            overlays = {
+                listing_id: [key for key in keys if key]
+                for listing_id, *keys in session.execute(
+                    select(Suggestion.listing_id, Suggestion.gradcam_key, Suggestion.heatmap_key).where(
+                        Suggestion.listing_id.in_([r[1] for r in rows]), Suggestion.gradcam_key.is_not(None)
+                    )
+                )
+            }
             written = upsert_suggestions(
-                session, model, [r[1] for r in rows], np.stack([r[2] for r in rows]), settings
+                session, model, [r[1] for r in rows], np.stack([r[2] for r in rows]), settings, lineage
             )
         total += len(written)
         explain += explanation_wanted(written, settings.explain_sample_rate)
+        dropped += [key for r in written if not r.explanation_kept for key in overlays.get(r.listing_id, [])]

@@ -54,6 +54,13 @@ def test_the_design_services_are_all_there() -> None:
     assert commands["metrics"].startswith("vitrine metrics")
 
 
+def test_workers_get_time_to_finish_their_batches_on_stop() -> None:
+    # Measured warm shutdown of an embed worker: 15 s (docs/reliability.md); compose's default is 10 s.
+    for name, service in services().items():
+        if command_text(service).startswith(("vitrine worker embed", "vitrine worker explain")):
+            assert service.get("stop_grace_period") == "2m", name
+
+
 def test_gpu_and_cpu_embed_workers_are_alternative_profiles() -> None:
     found = services()
     embed = [name for name, s in found.items() if command_text(s) == "vitrine worker embed"]

@@ -115,14 +115,26 @@ def pipeline_ips(
     files = {f"{i}.jpg": data for i, data in enumerate(photos)}
     name = f"bench-{uuid.uuid4().hex[:6]}@%h"
     try:
-        with serve_bytes(files) as base, celery_worker([EMBED_QUEUE], worker_env, log_path, name):
+        with (
+            serve_bytes(files) as base,
+            celery_worker(
+                [EMBED_QUEUE],
+                worker_env
+                | {
+                    # The photo server is private (loopback): allowed on its own port only.
+                    "VITRINE_FETCH_PRIVATE_HOSTS": base.removeprefix("http://"),
+                },
+                log_path,
+                name,
+            ),
+        ):
 
             def publish(prefix: str, count: int) -> list[str]:
                 events = [
                     ListingEvent(listing_id=f"{prefix}-{i}", image_url=f"{base}/{i % len(photos)}.jpg")
                     for i in range(count)
                 ]
-                publish_listings(runtime.db, runtime.publisher, events)
+                publish_listings(runtime, events)
                 return [event.listing_id for event in events]
 
             warm = publish(f"warm-{label}", batch_size)
@@ -176,7 +188,6 @@ def run_embed_benchmark(
             "VITRINE_BROKER_URL": broker_url,
             "VITRINE_MODEL": model,
             "VITRINE_WEIGHTS": str(weights) if weights else "",
-            "VITRINE_FETCH_PRIVATE_HOSTS": "127.0.0.1",
             # Speed does not depend on the weights: without a file the worker may use random ones.
             "VITRINE_ALLOW_RANDOM_WEIGHTS": "0" if weights else "1",
         }

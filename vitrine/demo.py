@@ -114,7 +114,11 @@ def configure_processes(demo: DemoEnvironment) -> None:
 
 
 def write_environment(demo: DemoEnvironment, state_dir: Path) -> None:
-    (state_dir / "demo.env").write_text("".join(f"export {k}='{v}'\n" for k, v in sorted(demo.env.items())))
+    """The demo's variables for a shell (`source .vitrine/demo.env`); it holds passwords: owner only."""
+    path = state_dir / "demo.env"
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text("".join(f"export {k}='{v}'\n" for k, v in sorted(demo.env.items())))
     state_file(state_dir).write_text(json.dumps({"pids": demo.pids}))
 
 

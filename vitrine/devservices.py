@@ -46,7 +46,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_for_port(port: int, what: str, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
+def wait_for_port(port: int, what: str, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if port_open("127.0.0.1", port):
@@ -57,7 +57,7 @@ def _wait_for_port(port: int, what: str, process: subprocess.Popen[bytes], secon
     raise ServiceUnavailable(f"{what} did not open port {port} within {seconds}s")
 
 
-def _find(binary: str) -> str:
+def find_binary(binary: str) -> str:
     for directory in POSTGRES_BIN_DIRS:
         if (directory / binary).exists():
             return str(directory / binary)
@@ -83,22 +83,22 @@ class LocalServices:
         if not (data / "PG_VERSION").exists():
             data.mkdir(parents=True, exist_ok=True)
             subprocess.run(
-                [_find("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                [find_binary("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
                 check=True,
                 capture_output=True,
-                **_as_postgres_user(data),
+                **as_postgres_user(data),
             )
         log = open(self.root / "postgres.log", "ab")  # noqa: SIM115 - lives as long as the server
         process = subprocess.Popen(
-            [_find("postgres"), "-D", str(data), "-p", str(port), "-k", str(data), "-h", "127.0.0.1"],
+            [find_binary("postgres"), "-D", str(data), "-p", str(port), "-k", str(data), "-h", "127.0.0.1"],
             stdout=log,
             stderr=log,
             start_new_session=self.detach,
-            **_as_postgres_user(data),
+            **as_postgres_user(data),
         )
         self.processes.append(process)
         self.pg_data = data
-        _wait_for_port(port, "postgres", process)
+        wait_for_port(port, "postgres", process)
         return f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
 
     def start_redis(self) -> str:
@@ -106,7 +106,7 @@ class LocalServices:
         log = open(self.root / "redis.log", "ab")  # noqa: SIM115
         process = subprocess.Popen(
             [
-                _find("redis-server"),
+                find_binary("redis-server"),
                 "--port",
                 str(port),
                 "--bind",
@@ -123,7 +123,7 @@ class LocalServices:
             start_new_session=self.detach,
         )
         self.processes.append(process)
-        _wait_for_port(port, "redis-server", process)
+        wait_for_port(port, "redis-server", process)
         return f"redis://127.0.0.1:{port}/0"
 
     def start_s3(self) -> str:
@@ -137,7 +137,7 @@ class LocalServices:
             start_new_session=self.detach,
         )
         self.processes.append(process)
-        _wait_for_port(port, "moto S3 server", process)
+        wait_for_port(port, "moto S3 server", process)
         return f"127.0.0.1:{port}"
 
     def stop(self) -> None:
@@ -160,7 +160,7 @@ def create_scratch_database(server_url: str, prefix: str) -> str:
     return rendered
 
 
-def _as_postgres_user(data: Path) -> dict[str, Any]:
+def as_postgres_user(data: Path) -> dict[str, Any]:
     # initdb and postgres refuse to run as root; run them as the `postgres` system user.
     if os.geteuid() != 0:
         return {}

@@ -80,7 +80,7 @@ def publish_folder(
                 )
             )
             published.append(PublishedPhoto(path.stem, category, given))
-        for result in publish_listings(runtime.db, runtime.publisher, events):
+        for result in publish_listings(runtime, events):
             outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
         if advance is not None:
             advance(len(events))

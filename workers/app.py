@@ -16,6 +16,8 @@ from common.config import Settings, load_settings
 from common.queues import EMBED_QUEUE, REFIT_QUEUE, REFIT_TASK, SWEEP_TASK, declarations, routes
 from common.runtime import Runtime
 
+RESTORE_SCAN_SECONDS = 5
+
 app = Celery("vitrine", include=["workers.embed", "workers.explain", "workers.refit"])
 
 _runtime: Runtime | None = None
@@ -46,8 +48,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Batching needs the worker to hold a full batch unacknowledged, plus the next one so the
         # broker round-trip hides behind the forward pass.
         "worker_prefetch_multiplier": max(4, 2 * settings.batch_size),
-        # Redis redelivers an unacknowledged message after this; longer than any batch can take.
-        "broker_transport_options": {"visibility_timeout": 3600},
+        # A delivered message that goes unrenewed this long (its worker died) is put back by any
+        # worker's poller, which looks every few seconds; live workers renew theirs (batching).
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": RESTORE_SCAN_SECONDS,
+            "unacked_restore_throttle": 1,
+        },
         "broker_connection_retry_on_startup": True,
         "worker_send_task_events": True,
         "task_send_sent_event": True,

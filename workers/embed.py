@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import defaultdict
 
 from celery_batches import SimpleRequest
+from sqlalchemy.exc import SQLAlchemyError
 
-from common.pipeline import EmbedPipeline
+from common.delivery import request_explanations, send_listings
+from common.pipeline import BatchReport, EmbedPipeline
 from common.queues import EMBED_TASK
 from common.vision import Backbone
 from workers.app import app, runtime
-from workers.batching import EmbedBatches, batch_events
+from workers.batching import BROKER_ERRORS, BatchFailed, ReliableBatches, batch_events
 
 log = logging.getLogger(__name__)
+
+FOLLOW_UP_ERRORS: tuple[type[Exception], ...] = (*BROKER_ERRORS, SQLAlchemyError)
 
 _pipeline: EmbedPipeline | None = None
 _loading = threading.Lock()
@@ -36,19 +41,43 @@ def pipeline() -> EmbedPipeline:
         return _pipeline
 
 
-@app.task(name=EMBED_TASK, base=EmbedBatches, acks_late=True)
-def embed_listings(requests: list[SimpleRequest]) -> None:
+@app.task(name=EMBED_TASK, base=ReliableBatches, acks_late=True)
+def embed_listings(requests: list[SimpleRequest]) -> BatchFailed | None:
     listing_ids = [int(request.args[0]) for request in requests]
-    with batch_events(app, requests):
-        report = pipeline().run(listing_ids)
-    runtime().publisher.explain(report.explain)
+    retries = {int(request.args[0]): int(request.kwargs.get("retry", 0)) for request in requests}
+    try:
+        with batch_events(app, requests):
+            report = pipeline().run(listing_ids, retries)
+    except Exception as error:
+        # Not one photo's doing (those are settled inside): the messages go back to the broker.
+        log.exception("embed batch of %d failed; its messages go back to the broker", len(requests))
+        return BatchFailed(error)
+    send_follow_ups(report, retries)
     log.info(
-        "embedded %d, failed %d, skipped %d in %.2fs (prepare %.2fs, forward %.2fs, write %.2fs)",
+        "embedded %d, failed %d, retrying %d, suspects %d, skipped %d "
+        "(prepare %.2fs, forward %.2fs, write %.2fs)",
         len(report.embedded),
         len(report.failed),
+        len(report.retry),
+        len(report.suspects),
         len(report.skipped),
-        report.seconds["total"],
         report.seconds["prepare"],
         report.seconds["forward"],
         report.seconds["write"],
     )
+    return None
+
+
+def send_follow_ups(report: BatchReport, retries: dict[int, int]) -> None:
+    """After the batch committed: tries again later, and overlay requests. Postgres has the account
+    of both, so a broker that is away now only delays them until the sweep."""
+    rt = runtime()
+    by_delay: dict[tuple[float, int], list[int]] = defaultdict(list)
+    for listing_id, delay in report.retry.items():
+        by_delay[(delay, retries.get(listing_id, 0) + 1)].append(listing_id)
+    try:
+        for (delay, retry), ids in by_delay.items():
+            send_listings(rt.db, rt.publisher, ids, retry=retry, countdown=delay)
+        request_explanations(rt.db, rt.publisher, report.explain, rt.settings)
+    except FOLLOW_UP_ERRORS as error:
+        log.warning("follow-up messages not sent (%s); the sweep will send them", error)

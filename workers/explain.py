@@ -6,12 +6,14 @@ import logging
 import threading
 
 from celery_batches import SimpleRequest
+from sqlalchemy.exc import SQLAlchemyError
 
-from common.explain import explain_listings, record_explain_error, retry_delay
+from common.db import until_available
+from common.explain import ExplainReport, explain_listings, record_explain_errors, retry_delay
 from common.queues import EXPLAIN_TASK
 from common.vision import Backbone
 from workers.app import app, runtime
-from workers.batching import ExplainBatches, batch_events
+from workers.batching import BROKER_ERRORS, ExplainBatches, batch_events
 
 log = logging.getLogger(__name__)
 
@@ -39,28 +41,42 @@ def explain_batch(requests: list[SimpleRequest]) -> None:
     for request in requests:
         listing_id = int(request.args[0])
         attempts[listing_id] = max(attempts.get(listing_id, 0), int(request.kwargs.get("attempt", 0)))
-    with batch_events(app, requests):
-        report = explain_listings(rt.db, sorted(attempts), rt.settings, backbone(), rt.store)
+    report: ExplainReport | None = None
+    try:
+        with batch_events(app, requests):
+            report = explain_listings(rt.db, sorted(attempts), rt.settings, backbone(), rt.store)
+        retry = report.retry
+        give_up = f"storage_unavailable: gave up after {rt.settings.max_attempts} tries"
+    except Exception as error:
+        # A bug of ours, not the photos': every listing of the batch is tried again, within the cap.
+        log.exception("explain batch of %d failed", len(requests))
+        retry = list(attempts)
+        give_up = f"internal_error: {type(error).__name__}: {error}"
+    errors: dict[int, str] = {}
     # Batches cannot retry single requests; a delayed copy of the message is the retry, and the
     # original is acknowledged. Suggestions never wait for this: they are already committed.
-    gave_up = []
-    for listing_id in report.retry:
-        attempt = attempts[listing_id] + 1
-        if attempt > rt.settings.max_attempts:
-            gave_up.append(listing_id)
+    gave_up = [i for i in retry if attempts[i] + 1 > rt.settings.max_attempts]
+    for listing_id in retry:
+        if listing_id in gave_up:
+            errors[listing_id] = give_up
             continue
-        rt.publisher.explain([listing_id], attempt=attempt, countdown=retry_delay(attempt))
-    if gave_up:
-        with rt.db.transaction() as session:
-            for listing_id in gave_up:
-                detail = f"storage_unavailable: gave up after {rt.settings.max_attempts} retries"
-                record_explain_error(session, listing_id, detail)
-    log.info(
-        "explained %d (%d new), skipped %d, failed %d, retrying %d, gave up %d",
-        len(report.explained),
-        sum(1 for done in report.explained.values() if done.written),
-        len(report.skipped),
-        len(report.failed),
-        len(report.retry) - len(gave_up),
-        len(gave_up),
-    )
+        attempt = attempts[listing_id] + 1
+        try:
+            rt.publisher.explain([listing_id], attempt=attempt, countdown=retry_delay(attempt))
+        except BROKER_ERRORS as error:
+            log.warning("retry of overlay %s not sent (%s); the sweep will ask again", listing_id, error)
+    if errors:
+        try:
+            until_available(lambda: record_explain_errors(rt.db, errors), "recording explain errors")
+        except SQLAlchemyError as error:
+            log.warning("explain errors not recorded: %s", error)
+    if report is not None:
+        log.info(
+            "explained %d (%d new), skipped %d, failed %d, retrying %d, gave up %d",
+            len(report.explained),
+            sum(1 for done in report.explained.values() if done.written),
+            len(report.skipped),
+            len(report.failed),
+            len(retry) - len(gave_up),
+            len(gave_up),
+        )

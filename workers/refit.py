@@ -1,18 +1,21 @@
-"""Queue `refit`: the periodic clustering refit and the sweep of listings left queued."""
+"""Queue `refit`: the periodic clustering refit and the sweep of what the broker may not hold."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict
-from datetime import timedelta
 from typing import Any
 
-from common.events import sweep_missing_explanations, sweep_stale_listings
+from common.delivery import follow_up_refit, sweep
 from common.queues import REFIT_TASK, SWEEP_TASK
 from common.refit import refit
 from workers.app import app, runtime
 
 log = logging.getLogger(__name__)
+
+# Beats drift by seconds: a clustering younger than this share of the interval is recent enough,
+# so however many beats run, one refit happens per interval.
+FRESH_SHARE_OF_INTERVAL = 0.9
 
 
 # acks_late is off here on purpose: a refit that dies is simply run at the next beat, and
@@ -20,21 +23,16 @@ log = logging.getLogger(__name__)
 @app.task(name=REFIT_TASK, acks_late=False)
 def refit_task() -> dict[str, Any]:
     rt = runtime()
-    result = refit(rt.db, rt.settings)
-    rt.publisher.explain(result.explain)
-    return asdict(result)
+    result = refit(rt.db, rt.settings, min_age=FRESH_SHARE_OF_INTERVAL * rt.settings.refit_interval)
+    if result.skipped_reason is None:
+        follow_up_refit(rt.db, rt.publisher, rt.store, rt.settings, result)
+    return {key: value for key, value in asdict(result).items() if key not in ("explain", "superseded")}
 
 
 @app.task(name=SWEEP_TASK, acks_late=False)
-def sweep_task() -> int:
+def sweep_task() -> dict[str, Any]:
     rt = runtime()
-    age = timedelta(seconds=rt.settings.requeue_after)
-    resent = sweep_stale_listings(rt.db, rt.publisher, age)
-    if resent:
-        log.warning("re-sent %d listings left queued for over %ss", len(resent), rt.settings.requeue_after)
-    explain = sweep_missing_explanations(rt.db, rt.publisher, age)
-    if explain:
-        log.warning(
-            "asked again for %d overlays missing for over %ss", len(explain), rt.settings.requeue_after
-        )
-    return len(resent) + len(explain)
+    result = sweep(rt.db, rt.publisher, rt.settings)
+    if result.listings or result.explanations:
+        log.warning("sent %d listings and %d overlay requests again", result.listings, result.explanations)
+    return asdict(result)

@@ -1,4 +1,4 @@
-"""delivery bookkeeping: a listing's last internal error, when an explanation was requested
+"""delivery bookkeeping: a listing's last internal error and claim, when an explanation was requested
 
 Revision ID: 0002
 Revises: 0001
@@ -17,6 +17,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("listing", sa.Column("last_error", sa.Text(), nullable=True))
+    op.add_column("listing", sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True))
     op.add_column("suggestion", sa.Column("explain_requested_at", sa.DateTime(timezone=True), nullable=True))
     op.create_index("ix_listing_unsent", "listing", ["status", "updated_at"], postgresql_where=sa.text("enqueued_at IS NULL"))
 
@@ -24,4 +25,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_listing_unsent", table_name="listing")
     op.drop_column("suggestion", "explain_requested_at")
+    op.drop_column("listing", "claimed_at")
     op.drop_column("listing", "last_error")

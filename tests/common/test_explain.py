@@ -14,9 +14,13 @@ from sqlalchemy import select, update
 
 from common.config import Settings
 from common.db import Database
+from common.delivery import follow_up_refit
 from common.explain import explain_listings, object_keys, presigned_url, retry_delay
 from common.gradcam import TARGET_CENTROID, TARGET_IMAGENET, gradcam, render_pngs, target_layer_name
 from common.models import Listing, Suggestion
+from common.queues import EXPLAIN_QUEUE
+from common.refit import refit
+from common.runtime import Runtime
 from common.storage import ObjectStore
 from common.vision import Backbone
 from tests.conftest import FLIPKART
@@ -189,3 +193,42 @@ def test_storage_down_means_retry_and_rows_untouched(
         assert row.gradcam_key is None and row.explain_error is None
     assert [retry_delay(n) for n in (1, 2, 3)] == [5.0, 10.0, 20.0]
     assert retry_delay(50) == 600.0
+
+
+def _overlays(db: Database, listing_ids: list[int]) -> dict[int, str | None]:
+    return {lid: row.gradcam_key for lid, row in suggestions(db, listing_ids).items()}
+
+
+def test_a_refit_re_explains_only_changed_decisions_and_deletes_what_they_replace(
+    db: Database, runtime: Runtime, settings: Settings, clean_db: None, store: ObjectStore,
+    gradcam_bucket: str, lite0: Backbone,
+) -> None:  # fmt: skip
+    rows = flipkart_rows("Watches")[:4] + flipkart_rows("Computers")[:4] + flipkart_rows("Baby Care")[:4]
+    ids = sorted(seed_listings(db, settings, store, lite0, rows).values())
+    explain_listings(db, ids, settings, lite0, store)
+    before = _overlays(db, ids)
+    assert all(before.values())
+    objects = count_objects(store, gradcam_bucket)
+
+    # The same data again: the same clusters, the same decisions; no Grad-CAM work at all.
+    again = refit(db, settings, k=2)
+    follow_up_refit(db, runtime.publisher, store, settings, again)
+    assert (again.explain, again.superseded) == ([], [])
+    assert _overlays(db, ids) == before
+    assert runtime.publisher.queue_depth(EXPLAIN_QUEUE) == 0
+    assert count_objects(store, gradcam_bucket) == objects
+
+    # Other clusters: only the decisions that changed lose their overlay, whose objects go too.
+    changed = refit(db, settings, k=3)
+    follow_up_refit(db, runtime.publisher, store, settings, changed)
+    after = _overlays(db, ids)
+    dropped = sorted(lid for lid in ids if after[lid] is None)
+    assert dropped, "a new k should change some decisions"
+    assert all(after[lid] == before[lid] for lid in ids if lid not in dropped)
+    assert sorted(changed.explain) == sorted(
+        lid for lid, row in suggestions(db, dropped).items() if row.needs_review or lid in changed.explain
+    )
+    assert runtime.publisher.queue_depth(EXPLAIN_QUEUE) == len(changed.explain)
+    assert count_objects(store, gradcam_bucket) == objects - 2 * len(dropped)
+    for lid in dropped:
+        assert not store.exists(gradcam_bucket, before[lid] or "")

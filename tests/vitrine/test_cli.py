@@ -92,3 +92,14 @@ def test_clear_errors_for_bad_arguments(
     )
     assert "not a directory" in _error(settings, "publish", "--images", str(tmp_path / "missing"))
     assert "unknown queues" in _error(settings, "worker", "nonsense")
+
+
+def test_refit_while_another_runs_is_not_an_error(
+    settings: Settings, runtime: Runtime, clean_db: None
+) -> None:
+    from common.refit import refit_lock
+
+    with refit_lock(runtime.db) as acquired:
+        assert acquired
+        output = _invoke(settings, "refit")  # exit code 0, checked by _invoke
+    assert "another refit is running" in output

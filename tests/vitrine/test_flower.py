@@ -95,7 +95,7 @@ def test_flower_lists_the_worker_and_its_tasks_behind_basic_auth(
     assert seen["worker"] == name
 
     # A batched embed task (celery-batches) is reported per message too, not left PENDING.
-    publish_listing(runtime.db, runtime.publisher, "flower-sku", "http://no-such-host.invalid/photo.jpg")
+    publish_listing(runtime, "flower-sku", "http://no-such-host.invalid/photo.jpg")
 
     def embed_task() -> dict[str, Any] | None:
         response = httpx.get(f"{base}/api/tasks", params={"taskname": EMBED_TASK}, auth=auth, timeout=10)

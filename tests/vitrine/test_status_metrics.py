@@ -221,7 +221,8 @@ def exporter(child_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     port = free_port()
     log = open(tmp_path / "metrics.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [str(VITRINE), "metrics", "--port", str(port), "--address", "127.0.0.1"],
+        # No --address: the exporter must default to loopback, not every interface.
+        [str(VITRINE), "metrics", "--port", str(port)],
         env=child_env,
         cwd=tmp_path,
         stdout=log,
@@ -256,8 +257,12 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_endpoint_serves_the_known_state(
-    known_state: dict[str, int], exporter: str, db: Database
+    known_state: dict[str, int], exporter: str, db: Database, tmp_path: Path
 ) -> None:
+    assert (
+        f"metrics on http://127.0.0.1:{exporter.split(':')[2].split('/')[0]}"
+        in (tmp_path / "metrics.log").read_text()
+    )
     samples = scrape(exporter)
     backbone = (("backbone", BACKBONE),)
     expected = {

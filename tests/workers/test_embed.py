@@ -60,7 +60,7 @@ def _publish_photos(runtime: Runtime, rows: list[dict[str, str]], labelled_every
         )
         for i, row in enumerate(rows)
     ]
-    publish_listings(runtime.db, runtime.publisher, events)
+    publish_listings(runtime, events)
     return [event.listing_id for event in events]
 
 
@@ -80,6 +80,7 @@ def test_listing_events_become_suggestions_and_bad_photos_fail_alone(
         "bomb.png": decompression_bomb(),
         "ok.jpg": real_jpeg(7),
     }
+    closed = free_port()  # nothing listens there: a refused connection, tried again, then failed
     with (
         serve_bytes(bad_files) as base,
         celery_worker(
@@ -88,7 +89,8 @@ def test_listing_events_become_suggestions_and_bad_photos_fail_alone(
                 **service_env,
                 "VITRINE_BATCH_SIZE": "16",
                 "VITRINE_FLUSH_INTERVAL": "0.5",
-                "VITRINE_FETCH_PRIVATE_HOSTS": "127.0.0.1",
+                # The photo server, and a closed port: both on loopback, allowed on their ports only.
+                "VITRINE_FETCH_PRIVATE_HOSTS": f"{base.removeprefix('http://')},127.0.0.1:{closed}",
                 "VITRINE_EXPLAIN_SAMPLE_RATE": "0",
             },
             tmp_path / "worker.log",
@@ -100,20 +102,19 @@ def test_listing_events_become_suggestions_and_bad_photos_fail_alone(
             "bad-truncated": (f"{base}/truncated.jpg", "corrupt_image"),
             "bad-not-image": (f"{base}/page.jpg", "not_an_image"),
             "bad-bomb": (f"{base}/bomb.png", "decompression_bomb"),
-            "bad-unreachable": (f"http://127.0.0.1:{free_port()}/x.jpg", "fetch_failed"),
+            "bad-unreachable": (f"http://127.0.0.1:{closed}/x.jpg", "fetch_failed"),
+            "bad-other-port": (f"http://127.0.0.1:{free_port()}/x.jpg", "private_address"),
             "bad-private": (f"{base.replace('127.0.0.1', 'localhost')}/ok.jpg", "private_address"),
             "bad-missing-object": (f"s3://{settings.images_bucket}/photos/none.jpg", "fetch_failed"),
         }
         published = publish_listings(
-            runtime.db,
-            runtime.publisher,
+            runtime,
             [ListingEvent(listing_id=k, image_url=url) for k, (url, _reason) in bad.items()]
             + [ListingEvent(listing_id="fine-over-http", image_url=f"{base}/ok.jpg")],
         )
         # The same event again (a duplicate delivery from the marketplace) changes nothing.
         duplicate = publish_listings(
-            runtime.db,
-            runtime.publisher,
+            runtime,
             [ListingEvent(listing_id="fine-over-http", image_url=f"{base}/ok.jpg")],
         )
         assert duplicate[0].outcome == "unchanged" and duplicate[0].listing_id == published[-1].listing_id

@@ -76,12 +76,20 @@ def worker(
 @app.command()
 def refit(ctx: typer.Context, k: Annotated[int | None, typer.Option(min=2)] = None) -> None:
     """Refit the clusters now (the same function the periodic task runs)."""
+    from common.delivery import follow_up_refit
+    from common.refit import SKIPPED_RUNNING
     from common.refit import refit as run_refit
 
     runtime = state(ctx).runtime
     result = run_refit(runtime.db, runtime.settings, k=k)
+    if result.skipped_reason == SKIPPED_RUNNING:
+        # Not a failure: the one running makes the new version.
+        console.print(f"refit skipped: {result.skipped_reason}")
+        return
     if result.skipped_reason:
         console.print(f"refit skipped: {result.skipped_reason}")
         raise typer.Exit(1)
-    runtime.publisher.explain(result.explain)
-    console.print({key: value for key, value in asdict(result).items() if key != "explain"})
+    follow_up_refit(runtime.db, runtime.publisher, runtime.store, runtime.settings, result)
+    console.print(
+        {key: value for key, value in asdict(result).items() if key not in ("explain", "superseded")}
+    )

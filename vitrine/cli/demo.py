@@ -12,6 +12,7 @@ import typer
 from rich.progress import Progress
 
 from common.config import Settings
+from common.delivery import follow_up_refit
 from common.refit import RefitResult, refit
 from common.runtime import Runtime
 from vitrine import demo as supervision
@@ -123,7 +124,8 @@ def _refit_and_explain(runtime: Runtime, ids: list[str]) -> RefitResult:
     result = refit(runtime.db, runtime.settings)
     if result.skipped_reason:
         console.print(f"[yellow]refit skipped: {result.skipped_reason}[/yellow]")
-    runtime.publisher.explain(result.explain)
+    else:
+        follow_up_refit(runtime.db, runtime.publisher, runtime.store, runtime.settings, result)
     with Progress(console=console) as progress:
         task = progress.add_task("suggesting", total=len(ids))
         supervision.wait_for_statuses(

@@ -32,7 +32,9 @@ Port = Annotated[int | None, typer.Option(min=1, max=65535, help="Default: from 
 def flower(
     ctx: typer.Context,
     port: Port = None,
-    address: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
+    address: Annotated[
+        str, typer.Option(help="Interface to listen on (compose listens on 0.0.0.0 inside its network).")
+    ] = "127.0.0.1",
     insecure_local: Annotated[
         bool,
         typer.Option(
@@ -86,7 +88,9 @@ def flower(
 def metrics(
     ctx: typer.Context,
     port: Port = None,
-    address: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
+    address: Annotated[
+        str, typer.Option(help="Interface to listen on (compose listens on 0.0.0.0 inside its network).")
+    ] = "127.0.0.1",
 ) -> None:
     """Serve Prometheus metrics (queues, listings, failures, review backlog, clustering) on /metrics."""
     from prometheus_client import start_http_server
