@@ -12,7 +12,7 @@ LABELS ?= $(SAMPLES)/labels.csv
 LIMIT ?=
 COVERAGE_FLOOR ?= 68
 
-.PHONY: install test lint demo stop bench evaluate clean
+.PHONY: install test test-faults lint demo stop bench evaluate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,13 @@ lint: install
 
 # Coverage of the code the tests run in this process (worker subprocesses are not counted).
 test: lint
-	$(BIN)/pytest --cov=common --cov=workers --cov=vitrine --cov-report=term:skip-covered \
+	$(BIN)/pytest -m "not faults" --cov=common --cov=workers --cov=vitrine --cov-report=term:skip-covered \
 	  --cov-fail-under=$(COVERAGE_FLOOR)
+
+# Faults injected into real processes (kill -9, a stopped Postgres, a cut S3 connection, a Redis
+# restart, a photo that kills its worker, two beats): about 15 minutes, see docs/reliability.md.
+test-faults: install
+	$(BIN)/pytest -m faults -s -p no:cacheprovider tests/faults
 
 # Without configured weights and without the hub, fall back to the offline backbone.
 demo: install
