@@ -2,9 +2,9 @@
 
 Rows are committed before their message is sent, and marked sent after. The sweep sends what
 was never marked (a publisher that died between the two) and, when it finds the broker started
-empty (Redis restarted and lost its lists), everything that still waits. It never re-sends a
-message that is merely slow: one that sits in a live worker's prefetch is the broker's to
-redeliver, should that worker die (see `workers.batching`).
+again empty (a new Redis server identity, and the sweep's mark gone with its data), everything
+that still waits. It never re-sends a message that is merely slow: one that sits in a live
+worker's prefetch is the broker's to redeliver, should that worker die (see `workers.batching`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
 
 from common.config import Settings
 from common.db import Database
 from common.messages import Publisher
-from common.models import Listing, ListingStatus, Suggestion
+from common.models import BrokerState, Listing, ListingStatus, Suggestion
 from common.queues import EXPLAIN_QUEUE
 from common.refit import RefitResult
 from common.storage import STORAGE_ERRORS, ObjectStore
@@ -28,6 +29,43 @@ log = logging.getLogger(__name__)
 
 # Rows read and messages sent per step of a sweep: bounded memory at any backlog.
 SWEEP_CHUNK = 5_000
+
+
+BROKER_IDENTITY = "redis_run_id"
+
+
+def broker_was_reset(db: Database, publisher: Publisher) -> bool:
+    """Did the broker lose its messages since Postgres last saw it?
+
+    A Redis server that started again has a new run id; one that kept its data on disk still
+    holds the sweep's mark. The first broker ever seen is remembered, not taken for a reset:
+    publishers remember it too, when they first send (`remember_broker`).
+    """
+    identity = publisher.broker_identity()
+    kept = publisher.broker_kept_mark()
+    with db.transaction() as session:
+        seen = session.get(BrokerState, BROKER_IDENTITY, with_for_update=True)
+        if seen is None:
+            session.add(BrokerState(key=BROKER_IDENTITY, value=identity))
+            return False
+        if seen.value == identity:
+            return False
+        seen.value = identity
+    return not kept
+
+
+def remember_broker(db: Database, publisher: Publisher) -> None:
+    """Note the broker's identity the first time this publisher sends (nothing if already known)."""
+    if publisher.broker_noted:
+        return
+    identity = publisher.broker_identity()
+    with db.transaction() as session:
+        session.execute(
+            insert(BrokerState)
+            .values(key=BROKER_IDENTITY, value=identity)
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
+    publisher.broker_noted = True
 
 
 def send_listings(
@@ -44,6 +82,7 @@ def send_listings(
     """
     if not listing_ids:
         return
+    remember_broker(db, publisher)
     publisher.embed(listing_ids, retry=retry, countdown=countdown)
     with db.transaction() as session:
         session.execute(
@@ -65,6 +104,7 @@ def request_explanations(
         return []
     room = max(0, settings.explain_queue_limit - publisher.queue_depth(EXPLAIN_QUEUE))
     asked = list(listing_ids)[:room]
+    remember_broker(db, publisher)
     if len(asked) < len(listing_ids):
         log.warning("explain queue full: %d overlay requests wait in Postgres", len(listing_ids) - len(asked))
     if not asked:
@@ -101,7 +141,7 @@ class SweepResult:
 
 def sweep(db: Database, publisher: Publisher, settings: Settings) -> SweepResult:
     """Send what Postgres says is waiting and the broker may not hold (see the module docstring)."""
-    reset = publisher.broker_was_reset()
+    reset = broker_was_reset(db, publisher)
     if reset:
         log.warning("the broker holds no Vitrine state: re-sending every waiting listing and overlay request")
     unsent_before = datetime.now(UTC) - timedelta(seconds=settings.requeue_after)

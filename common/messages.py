@@ -43,6 +43,7 @@ class Publisher:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
+        self.broker_noted = False  # whether Postgres knows the broker this publisher sends to
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Publisher:
@@ -75,9 +76,14 @@ class Publisher:
             pipe.llen(name)
         return int(sum(pipe.execute()))
 
-    def broker_was_reset(self) -> bool:
-        """True the first time it is asked after the broker started empty (and on first use)."""
-        return bool(self.redis.set(BROKER_MARK_KEY, uuid.uuid4().hex, nx=True))
+    def broker_identity(self) -> str:
+        """The Redis server's run id: a new one each time the server starts."""
+        return str(self.redis.info("server")["run_id"])
+
+    def broker_kept_mark(self) -> bool:
+        """Whether the broker still holds the mark the sweep leaves (gone when it lost its data);
+        leaves it there for the next time."""
+        return not self.redis.set(BROKER_MARK_KEY, uuid.uuid4().hex, nx=True)
 
     def close(self) -> None:
         if "redis" in self.__dict__:

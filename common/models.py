@@ -180,6 +180,18 @@ class Suggestion(Base):
     __table_args__ = (Index("ix_suggestion_review", "needs_review", "confidence"),)
 
 
+class BrokerState(Base):
+    """What Postgres remembers of the broker: the identity of the Redis server it last saw."""
+
+    __tablename__ = "broker_state"
+
+    key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
 class ModeratorDecision(Base):
     """Audit row for every moderator action; the newest one is the listing's label."""
 

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 FLIPKART = SHARED / "data" / "flipkart"
 LITE0_WEIGHTS = SHARED / "weights" / "efficientnet_lite0.safetensors"
-TABLES = ("moderator_decision", "suggestion", "embedding", "clustering_version", "listing")
+TABLES = ("moderator_decision", "suggestion", "embedding", "clustering_version", "listing", "broker_state")
 
 
 @pytest.fixture(scope="session")

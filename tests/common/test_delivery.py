@@ -3,19 +3,22 @@ the broker lost its lists, but never what merely waits in a queue or a worker's 
 
 from __future__ import annotations
 
+import signal
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import redis
 from sqlalchemy import func, select, update
 
 from common.config import Settings
-from common.delivery import request_explanations, sweep
+from common.delivery import SweepResult, request_explanations, sweep
 from common.events import publish_listing
-from common.messages import BROKER_MARK_KEY
 from common.models import ClusteringVersion, Listing, ListingStatus, Suggestion
 from common.queues import EMBED_QUEUE, EXPLAIN_QUEUE
 from common.runtime import Runtime
+from tests.faults.stack import Server
+from vitrine.devservices import find_binary, free_port
 
 
 def _depth(settings: Settings, queue: str) -> int:
@@ -51,23 +54,54 @@ def test_sweep_sends_only_what_was_never_sent(settings: Settings, runtime: Runti
     assert sweep(runtime.db, runtime.publisher, settings).listings == 0
 
 
-def test_after_the_broker_lost_its_lists_everything_waiting_is_sent_once(
-    settings: Settings, runtime: Runtime, clean_db: None
+def test_after_redis_restarted_empty_everything_waiting_is_sent_once(
+    settings: Settings, clean_db: None, tmp_path: Path
 ) -> None:
-    ids = [
-        publish_listing(runtime, f"sku-{i}", f"https://img.example.com/{i}.jpg").listing_id for i in range(3)
-    ]
-    with runtime.db.transaction() as session:
-        session.execute(update(Listing).where(Listing.id == ids[2]).values(status=ListingStatus.suggested))
-    sweep(runtime.db, runtime.publisher, settings)
-    redis.Redis.from_url(settings.broker_url).flushdb()  # a Redis restart: it keeps nothing on disk
+    # A Redis of its own, to restart: it keeps nothing on disk, like the deployment's.
+    port = free_port()
+    redis_server = Server(
+        "redis",
+        [
+            find_binary("redis-server"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        port,
+        tmp_path / "redis.log",
+    )
+    redis_server.start()
+    runtime = Runtime(settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{port}/0"}))
+    try:
+        ids = [
+            publish_listing(runtime, f"sku-{i}", f"https://img.example.com/{i}.jpg").listing_id
+            for i in range(3)
+        ]
+        with runtime.db.transaction() as session:
+            session.execute(
+                update(Listing).where(Listing.id == ids[2]).values(status=ListingStatus.suggested)
+            )
+        # Seen once: the broker is known, nothing is re-sent (the messages are in the queue).
+        assert sweep(runtime.db, runtime.publisher, runtime.settings) == SweepResult(False, 0, 0)
+        # Data lost without a restart (an operator's FLUSHALL) is not taken for one.
+        runtime.publisher.redis.flushdb()
+        assert not sweep(runtime.db, runtime.publisher, runtime.settings).broker_reset
 
-    result = sweep(runtime.db, runtime.publisher, settings)
+        redis_server.stop(signal.SIGKILL)
+        redis_server.start()
+        result = sweep(runtime.db, runtime.publisher, runtime.settings)
 
-    assert result.broker_reset and result.listings == 2
-    assert _depth(settings, EMBED_QUEUE) == 2
-    assert redis.Redis.from_url(settings.broker_url).exists(BROKER_MARK_KEY)
-    assert sweep(runtime.db, runtime.publisher, settings) == type(result)(False, 0, 0)
+        assert result == SweepResult(True, 2, 0)
+        assert runtime.publisher.queue_depth(EMBED_QUEUE) == 2
+        assert sweep(runtime.db, runtime.publisher, runtime.settings) == SweepResult(False, 0, 0)
+    finally:
+        runtime.close()
+        redis_server.stop()
 
 
 def _flagged(runtime: Runtime, n: int) -> list[int]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import func
 from sqlalchemy import select as sql_select
+from sqlalchemy.exc import OperationalError
 
 from common.config import Settings, with_environment
 from common.db import migrate
@@ -230,7 +231,7 @@ def count_terminal(runtime: Runtime, external_ids: list[str]) -> int:
 def wait_until(check: Callable[[], bool], seconds: float, what: str, stack: Stack | None = None) -> float:
     """Seconds it took `check` to pass; fails with the workers' logs after `seconds`."""
     started = time.monotonic()
-    while not check():
+    while not _passes(check):
         if time.monotonic() - started > seconds:
             logs = (
                 ""
@@ -240,6 +241,13 @@ def wait_until(check: Callable[[], bool], seconds: float, what: str, stack: Stac
             raise AssertionError(f"timed out after {seconds}s waiting for {what}\n{logs}")
         time.sleep(0.5)
     return time.monotonic() - started
+
+
+def _passes(check: Callable[[], bool]) -> bool:
+    try:
+        return check()
+    except OperationalError:  # Postgres still starting up after the fault: not yet
+        return False
 
 
 @contextmanager
