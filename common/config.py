@@ -71,6 +71,9 @@ class Settings(BaseSettings):
 
     # Suggestions
     confidence_threshold: float = Field(0.6, ge=0, le=1)
+    # Share of confident suggestions that still go to a moderator, chosen by a stable hash of
+    # the listing: the only way to measure how often confident suggestions are wrong.
+    review_audit_rate: float = Field(0.01, ge=0, le=1)
     suggestion_method: Literal["centroid", "knn"] = "knn"
     knn_neighbours: int = Field(15, ge=1, le=1000)
     # Temperature of the softmax over cosine similarities to the centroids.

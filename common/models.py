@@ -164,6 +164,8 @@ class Suggestion(Base):
     alternatives: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
     method: Mapped[str] = mapped_column(String(20))
     needs_review: Mapped[bool] = mapped_column(Boolean)
+    # Why it waits for a moderator (`common.suggestions.ReviewReason`); None when it does not.
+    review_reason: Mapped[str | None] = mapped_column(String(24))
     gradcam_key: Mapped[str | None] = mapped_column(Text)
     heatmap_key: Mapped[str | None] = mapped_column(Text)
     gradcam_target: Mapped[str | None] = mapped_column(String(40))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,28 @@ from common.suggest import SuggestionModel, model_for_clusters
 KNN_REFERENCE_LIMIT = 50_000
 # Postgres accepts at most 65,535 bind parameters per statement; 1,000 rows stay well below.
 UPSERT_ROWS = 1_000
+
+
+class ReviewReason(StrEnum):
+    """Why a suggestion waits for a moderator, in the order they are checked."""
+
+    low_confidence = "low_confidence"  # no category, or below the confidence threshold
+    seller_disagrees = "seller_disagrees"  # confident, but not what the seller chose
+    audit_sample = "audit_sample"  # confident and agreed, picked to measure confident errors
+
+
+def review_reason(
+    listing_id: int, category: str | None, confidence: float, seller_category: str | None, settings: Settings
+) -> ReviewReason | None:
+    """Why this suggestion goes to a moderator, or None when it is accepted without one."""
+    if category is None or confidence < settings.confidence_threshold:
+        return ReviewReason.low_confidence
+    if seller_category is not None and seller_category != category:
+        return ReviewReason.seller_disagrees
+    # Salted, so that the audited listings are not the ones sampled for overlays.
+    if stable_fraction(f"audit:{listing_id}") < settings.review_audit_rate:
+        return ReviewReason.audit_sample
+    return None
 
 
 @dataclass(frozen=True)
@@ -126,11 +149,14 @@ def upsert_suggestions(
     ids = [int(i) for i in listing_ids]
     if not ids:
         return []
-    reviewed = set(
-        session.execute(
-            select(Listing.id).where(Listing.id.in_(ids), Listing.status == ListingStatus.reviewed)
-        ).scalars()
-    )
+    sellers: dict[int, str | None] = {}
+    reviewed = set()
+    for listing_id, status, seller_category in session.execute(
+        select(Listing.id, Listing.status, Listing.seller_category).where(Listing.id.in_(ids))
+    ):
+        sellers[listing_id] = seller_category
+        if status == ListingStatus.reviewed:
+            reviewed.add(listing_id)
     # Locked until the commit, so an overlay recorded meanwhile is not overwritten unseen.
     previous = {
         row.listing_id: row
@@ -153,7 +179,10 @@ def upsert_suggestions(
     for listing_id, scored in zip(ids, model.score(vectors), strict=True):
         if listing_id in reviewed:
             continue
-        needs_review = scored.category is None or scored.confidence < settings.confidence_threshold
+        reason = review_reason(
+            listing_id, scored.category, scored.confidence, sellers.get(listing_id), settings
+        )
+        needs_review = reason is not None
         old = previous.get(listing_id)
         kept = old is not None and _same_decision(
             old, model.version_id, scored.cluster, scored.category, lineage
@@ -169,6 +198,7 @@ def upsert_suggestions(
                 "alternatives": scored.alternatives,
                 "method": model.method,
                 "needs_review": needs_review,
+                "review_reason": reason,
                 "gradcam_key": old.gradcam_key if kept and old else None,
                 "heatmap_key": old.heatmap_key if kept and old else None,
                 "gradcam_target": old.gradcam_target if kept and old else None,

@@ -18,6 +18,7 @@ from common.models import (
     Suggestion,
 )
 from common.refit import refit, refit_lock
+from common.suggestions import ReviewReason
 
 BACKBONE = "efficientnet_lite0@synthetic"
 CATEGORIES = ("bags", "lamps", "shoes")
@@ -162,6 +163,37 @@ def test_embedded_listings_get_suggestions_and_reviewed_ones_are_left_alone(
         assert suggestion.alternatives[0]["category"] == suggestion.category
         assert suggestion.category == truth[ids.index(listing_id)]
         assert suggestion.method == settings.suggestion_method
+
+
+def test_each_flagged_suggestion_says_why(db: Database, settings: Settings, clean_db: None) -> None:
+    vectors, truth = blobs(30)
+    ids = insert_rows(db, vectors, truth)
+    # One seller in the first blob picked the second blob's category.
+    mislabelled = ids[2]
+    with db.transaction() as session:
+        session.get(Listing, mislabelled).seller_category = CATEGORIES[1]  # type: ignore[union-attr]
+    # Everything confident but unlabelled would be audited at rate 1; nothing at rate 0.
+    for rate in (0.0, 1.0):
+        refit(db, settings.model_copy(update={"review_audit_rate": rate}))
+        with db.transaction() as session:
+            rows = session.execute(
+                select(Suggestion.listing_id, Suggestion.needs_review, Suggestion.review_reason)
+            ).all()
+        reasons = {listing_id: reason for listing_id, _, reason in rows}
+        assert all(needs == (reason is not None) for _, needs, reason in rows)
+        assert reasons[mislabelled] == ReviewReason.seller_disagrees
+        others = {reason for listing_id, reason in reasons.items() if listing_id != mislabelled}
+        assert others == ({None} if rate == 0.0 else {ReviewReason.audit_sample})
+
+    # Below the threshold, low confidence is the reason, whatever the seller said.
+    refit(db, settings.model_copy(update={"confidence_threshold": 1.0}))
+    with db.transaction() as session:
+        rows = session.execute(
+            select(Suggestion.listing_id, Suggestion.confidence, Suggestion.review_reason)
+        ).all()
+    doubtful = {listing_id: reason for listing_id, confidence, reason in rows if confidence < 1.0}
+    assert mislabelled in doubtful
+    assert set(doubtful.values()) == {ReviewReason.low_confidence}
 
 
 @pytest.mark.parametrize("method", ["centroid", "knn"])
