@@ -143,7 +143,6 @@ def test_flower_insecure_local_listens_on_loopback_only(child_env: dict[str, str
             "Flower on 127.0.0.1",
             lambda: httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=5).status_code == 200,
             [log],
-            seconds=60,
         )
         assert "Visit me at http://127.0.0.1:" in log.read_text()
     finally:
