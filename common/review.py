@@ -187,10 +187,10 @@ def decide(
     suggestion = session.execute(
         select(Suggestion).where(Suggestion.listing_id == listing.id)
     ).scalar_one_or_none()
-    if suggestion is None or not suggestion.needs_review:
-        raise Conflict(f"listing {external_id!r} is not waiting for review", "external_id")
     if listing.status == ListingStatus.reviewed:
         raise Conflict(f"listing {external_id!r} is already decided", "external_id")
+    if suggestion is None or not suggestion.needs_review:
+        raise Conflict(f"listing {external_id!r} is not waiting for review", "external_id")
     lease = session.get(ReviewLease, listing.id, with_for_update=True)
     # An expired lease of this moderator still counts while nobody else has claimed the item.
     if lease is None or lease.moderator != moderator:
@@ -221,6 +221,9 @@ def decide(
     session.execute(delete(ReviewLease).where(ReviewLease.listing_id == listing.id))
     if action != Action.skip:
         listing.status = ListingStatus.reviewed
+        # Out of the queue's index: a claim never walks past decided items. The suggestion's
+        # category, confidence and `review_reason` stay as the model made them.
+        suggestion.needs_review = False
     session.flush()
     return decision
 
@@ -242,6 +245,9 @@ def undo(session: Session, moderator: str, external_id: str, lease_seconds: int)
         raise Conflict(f"listing {external_id!r}: you have no decision on it to undo", "external_id")
     if last.action != Action.skip:
         listing.status = ListingStatus.suggested
+        session.execute(
+            update(Suggestion).where(Suggestion.listing_id == listing.id).values(needs_review=True)
+        )
     elif listing.status == ListingStatus.reviewed:
         raise Conflict(f"listing {external_id!r} was decided since your skip", "external_id")
     row = ModeratorDecision(

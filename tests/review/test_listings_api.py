@@ -138,3 +138,13 @@ def test_wait_returns_when_the_listing_is_done_without_holding_a_connection(
     assert time.monotonic() - started < 5
     # Between looks the waiting request holds no connection (a look takes milliseconds of 100).
     assert min(checked_out) == 0
+
+
+def test_a_list_naming_one_listing_twice_records_it_once(
+    client: TestClient, tokens: Tokens, db: Database
+) -> None:
+    first = {"external_id": "twice", "image_url": "https://photos.example/t.jpg"}
+    items = [first, first, {**first, "image_url": "https://photos.example/t2.jpg"}]
+    body = client.post("/api/v1/listings", json=items, headers=bearer(tokens.ingest)).json()
+    assert [r["outcome"] for r in body["results"]] == ["created", "unchanged", "requeued"]
+    assert _count(db) == 1
