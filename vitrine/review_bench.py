@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
+from common import review
 from common.accounts import add_token, add_user
 from common.config import Settings
 from common.db import Database, drop_database, migrate
@@ -130,12 +131,12 @@ def run_review_benchmark(
         server = _serve(env, port, log_dir / "bench-review.log")
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=60) as client:
-            review = {"Authorization": f"Bearer {review_token}"}
+            reviewer = {"Authorization": f"Bearer {review_token}"}
             ingest = {"Authorization": f"Bearer {ingest_token}"}
             claim_times, decide_times = [], []
             for _ in range(claims):
                 started = time.perf_counter()
-                response = client.post("/api/v1/review/claim", headers=review)
+                response = client.post("/api/v1/review/claim", headers=reviewer)
                 claim_times.append(time.perf_counter() - started)
                 external_id = response.json()["external_id"]
                 decide_times.append(
@@ -144,7 +145,7 @@ def run_review_benchmark(
                         client.post,
                         f"/api/v1/review/{external_id}/decision",
                         json={"action": "accept"},
-                        headers=review,
+                        headers=reviewer,
                     )
                 )
             rng = random.Random(0)
@@ -164,8 +165,23 @@ def run_review_benchmark(
                     for i in range(INGEST_BATCH)
                 ]
                 ingest_seconds += _timed(202, client.post, "/api/v1/listings", json=items, headers=ingest)
+        # The same claims without HTTP: what the database costs, apart from the web server's share.
+        database = Database(url)
+        try:
+            direct = []
+            for _ in range(claims):
+                started = time.perf_counter()
+                with database.transaction() as session:
+                    claimed = review.claim(session, "bench", settings.review_lease_seconds)
+                direct.append(time.perf_counter() - started)
+                assert claimed is not None
+                with database.transaction() as session:
+                    review.decide(session, "bench", claimed.external_id, "accept")
+        finally:
+            database.dispose()
         return {
             "suggestions": n,
+            "claim_in_process": _percentiles(direct),
             "fill_seconds": round(fill_seconds, 1),
             "claim": _percentiles(claim_times),
             "decision": _percentiles(decide_times),
@@ -177,6 +193,8 @@ def run_review_benchmark(
                 "listings_per_s": round(ingest_batches * INGEST_BATCH / ingest_seconds, 1),
             },
             "cpus": os.cpu_count(),
+            # Other processes' load during the run: the figures are only comparable at a similar load.
+            "load_average": [round(x, 2) for x in os.getloadavg()],
         }
     finally:
         if server is not None:

@@ -72,7 +72,7 @@ def bench_review(
         print(json.dumps(result))
         return
     table = Table("measure", "p50 ms", "p95 ms", "n")
-    for name in ("claim", "decision", "get_listing"):
+    for name in ("claim", "claim_in_process", "decision", "get_listing"):
         row = result[name]
         table.add_row(name, str(row["p50_ms"]), str(row["p95_ms"]), str(row["n"]))
     console.print(table)
