@@ -34,7 +34,7 @@ lint: install
 
 # Coverage of the code the tests run in this process (worker subprocesses are not counted).
 test: lint
-	$(BIN)/pytest -m "not faults" --cov=common --cov=workers --cov=vitrine --cov-report=term:skip-covered \
+	$(BIN)/pytest -m "not faults" --cov=common --cov=workers --cov=vitrine --cov=review --cov-report=term:skip-covered \
 	  --cov-fail-under=$(COVERAGE_FLOOR)
 
 # Faults injected into real processes (kill -9, a stopped Postgres, a cut S3 connection, a Redis
