@@ -189,9 +189,11 @@ def _print_summary(
     login = f"user demo, password {environment.flower_password}"
     console.print(f"Flower:  http://127.0.0.1:{settings.flower_port}  ({login})")
     console.print(f"Metrics: http://127.0.0.1:{settings.metrics_port}/metrics")
+    # On one line whatever the terminal's width: a person copies the password from it.
     console.print(
         f"Review:  http://127.0.0.1:{environment.review_port}/review  "
-        f"(user {supervision.DEMO_MODERATOR}, password {environment.moderator_password})"
+        f"(user {supervision.DEMO_MODERATOR}, password {environment.moderator_password})",
+        soft_wrap=True,
     )
     console.print(f"Talk to this demo: source {state_dir}/demo.env && vitrine status")
     console.print("Stop it: make stop  (or vitrine demo --stop)")
