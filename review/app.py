@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy import text
@@ -71,7 +72,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.exception_handler(SignInRequired)
     async def _sign_in(request: Request, error: SignInRequired) -> Response:
-        return RedirectResponse(f"/sign-in?next={error.next_path}", status_code=303)
+        return RedirectResponse("/sign-in?" + urlencode({"next": error.next_path}), status_code=303)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> Response:
@@ -92,12 +93,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
-    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     return app
-
-
-async def _http_error(request: Request, error: HTTPException) -> Response:
-    return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
 
 
 def create_app_from_environment() -> FastAPI:
