@@ -12,14 +12,20 @@ LABELS ?= $(SAMPLES)/labels.csv
 LIMIT ?=
 COVERAGE_FLOOR ?= 68
 
-.PHONY: install test test-faults lint demo stop bench evaluate clean
+.PHONY: install browser test test-faults lint demo stop bench evaluate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+# The review app's browser test drives Debian's chromium; a browser is never downloaded.
+browser:
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium for the review app's browser test"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y --no-install-recommends chromium; }
 
 lint: install
 	$(BIN)/ruff check .
@@ -28,7 +34,7 @@ lint: install
 
 # Coverage of the code the tests run in this process (worker subprocesses are not counted).
 test: lint
-	$(BIN)/pytest -m "not faults" --cov=common --cov=workers --cov=vitrine --cov-report=term:skip-covered \
+	$(BIN)/pytest -m "not faults" --cov=common --cov=workers --cov=vitrine --cov=review --cov-report=term:skip-covered \
 	  --cov-fail-under=$(COVERAGE_FLOOR)
 
 # Faults injected into real processes (kill -9, a stopped Postgres, a cut S3 connection, a Redis

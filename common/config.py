@@ -102,6 +102,15 @@ class Settings(BaseSettings):
     flower_port: int = Field(5555, ge=1, le=65535)
     metrics_port: int = Field(9108, ge=1, le=65535)
 
+    # Review app and HTTP API
+    # Seconds a claimed item stays with its moderator before it returns to the queue.
+    review_lease_seconds: int = Field(600, ge=10, le=24 * 3600)
+    # Signs the review app's session cookies; every instance of the app needs the same one.
+    session_secret: SecretStr | None = None
+    session_max_age: int = Field(12 * 3600, ge=60)
+    # Seconds a failed sign-in waits before it answers, doubled for each recent failure of the name.
+    sign_in_delay: float = Field(0.5, ge=0, le=10)
+
     # Explanations
     explain_sample_rate: float = Field(0.05, ge=0, le=1)
     presign_expiry: int = Field(900, ge=10, le=7 * 24 * 3600)

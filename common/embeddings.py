@@ -6,18 +6,20 @@ from collections.abc import Iterator
 
 import numpy as np
 from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from common.models import ClusteringVersion, Embedding, Listing, ModeratorDecision
 
 
 def label_expression() -> ColumnElement[str | None]:
-    """A listing's label: the newest moderator decision, else the seller's category."""
+    """A listing's label: the newest moderator decision still standing, else the seller's category."""
+    undo = aliased(ModeratorDecision)
     decision = (
         select(ModeratorDecision.category)
         .where(
             ModeratorDecision.listing_id == Listing.id,
             ModeratorDecision.action.in_(("accept", "override")),
+            ~select(undo.id).where(undo.reverts_id == ModeratorDecision.id).exists(),
         )
         .order_by(ModeratorDecision.id.desc())
         .limit(1)

@@ -28,6 +28,8 @@ NUL = "\x00"
 # S3 bucket names as the S3 API defines them.
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MAX_S3_KEY_BYTES = 1024
+# Rows per multi-row INSERT: 7 parameters each, well below Postgres' 65,535 per statement.
+BULK_ROWS = 1000
 
 
 class ListingEvent(BaseModel):
@@ -165,6 +167,44 @@ def record_listing(session: Session, event: ListingEvent) -> Published:
     return Published(listing.id, event.listing_id, "requeued")
 
 
+def record_listings(session: Session, events: list[ListingEvent]) -> list[Published]:
+    """`record_listing` for many events, in their order: new listings in one multi-row INSERT.
+
+    Only the events whose listing exists already (or repeats within the list) take the row-by-row
+    path, which decides between `unchanged` and `requeued`.
+    """
+    created: dict[str, int] = {}
+    for start in range(0, len(events), BULK_ROWS):
+        chunk = events[start : start + BULK_ROWS]
+        rows = [
+            {
+                "external_id": e.listing_id,
+                "image_url": e.image_url,
+                "seller_category": e.seller_category,
+                "title": e.title,
+                "status": ListingStatus.queued,
+                "attempts": 0,
+                "enqueued_at": None,
+            }
+            for e in chunk
+        ]
+        inserted = session.execute(
+            insert(Listing)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["external_id"])
+            .returning(Listing.id, Listing.external_id)
+        )
+        created.update({external_id: listing_id for listing_id, external_id in inserted})
+    results = []
+    for event in events:
+        listing_id = created.pop(event.listing_id, None)
+        if listing_id is not None:
+            results.append(Published(listing_id, event.listing_id, "created"))
+        else:
+            results.append(record_listing(session, event))
+    return results
+
+
 def publish_listings(runtime: Runtime, events: Iterable[ListingEvent]) -> list[Published]:
     """Commit the rows first, then send one message per listing that needs work.
 
@@ -177,7 +217,7 @@ def publish_listings(runtime: Runtime, events: Iterable[ListingEvent]) -> list[P
         if refused is not None:
             raise refused
     with runtime.db.transaction() as session:
-        results = [record_listing(session, event) for event in events]
+        results = record_listings(session, events)
     # Only after the commit: a worker must always find the row its message names. Should this
     # process die before the send, the sweep sends what stayed unsent.
     send_listings(runtime.db, runtime.publisher, [r.listing_id for r in results if r.outcome != "unchanged"])

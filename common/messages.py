@@ -55,10 +55,17 @@ class Publisher:
 
     def embed(self, listing_ids: Iterable[int], *, retry: int = 0, countdown: float | None = None) -> None:
         kwargs = {"retry": retry} if retry else {}
-        for listing_id in listing_ids:
-            self.app.send_task(
-                EMBED_TASK, args=[int(listing_id)], kwargs=kwargs, queue=EMBED_QUEUE, countdown=countdown
-            )
+        # One producer (one connection and channel) for the whole list, not one per message.
+        with self.app.producer_or_acquire() as producer:
+            for listing_id in listing_ids:
+                self.app.send_task(
+                    EMBED_TASK,
+                    args=[int(listing_id)],
+                    kwargs=kwargs,
+                    queue=EMBED_QUEUE,
+                    countdown=countdown,
+                    producer=producer,
+                )
 
     def explain(
         self, listing_ids: Iterable[int], *, attempt: int = 0, countdown: float | None = None

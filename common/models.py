@@ -179,7 +179,10 @@ class Suggestion(Base):
 
     listing: Mapped[Listing] = relationship(back_populates="suggestion")
 
-    __table_args__ = (Index("ix_suggestion_review", "needs_review", "confidence"),)
+    __table_args__ = (
+        Index("ix_suggestion_review", "needs_review", "confidence"),
+        Index("ix_suggestion_queue", "confidence", "listing_id", postgresql_where=text("needs_review")),
+    )
 
 
 class BrokerState(Base):
@@ -206,5 +209,65 @@ class ModeratorDecision(Base):
     suggested_category: Mapped[str | None] = mapped_column(String(200))
     moderator: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    note: Mapped[str | None] = mapped_column(Text)
+    # The suggestion as the moderator saw it: its confidence and clustering version.
+    confidence: Mapped[float | None] = mapped_column(Float)
+    clustering_version_id: Mapped[int | None] = mapped_column(BigInteger)
+    # An `undo` row names the decision it reverts; the reverted row itself is never changed.
+    reverts_id: Mapped[int | None] = mapped_column(ForeignKey("moderator_decision.id"))
 
-    __table_args__ = (Index("ix_decision_listing", "listing_id", "id"),)
+    __table_args__ = (
+        Index("ix_decision_listing", "listing_id", "id"),
+        Index("ix_decision_created", "created_at"),
+        Index("ix_decision_moderator", "moderator", "id"),
+        Index(
+            "uq_decision_reverted", "reverts_id", unique=True, postgresql_where=text("reverts_id IS NOT NULL")
+        ),
+    )
+
+
+class AccountRole(enum.StrEnum):
+    moderator = "moderator"
+    admin = "admin"
+
+
+class Account(Base):
+    """A person who signs in to the review app; the password is stored as an argon2 hash only."""
+
+    __tablename__ = "account"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default=AccountRole.moderator)
+    password_hash: Mapped[str] = mapped_column(Text)
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TokenScope(enum.StrEnum):
+    ingest = "ingest"  # a marketplace sends listings and reads their outcome
+    review = "review"  # a moderator's program claims and decides
+
+
+class ApiToken(Base):
+    """A bearer token for the HTTP API; only its SHA-256 is stored."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    scope: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The moderator a review token acts as (its account's state is checked on every use).
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ReviewLease(Base):
+    """A flagged listing held by one moderator until `expires_at`; expired leases are free again."""
+
+    __tablename__ = "review_lease"
+
+    listing_id: Mapped[int] = mapped_column(ForeignKey("listing.id", ondelete="CASCADE"), primary_key=True)
+    moderator: Mapped[str] = mapped_column(String(100))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

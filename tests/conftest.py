@@ -35,7 +35,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 FLIPKART = SHARED / "data" / "flipkart"
 LITE0_WEIGHTS = SHARED / "weights" / "efficientnet_lite0.safetensors"
-TABLES = ("moderator_decision", "suggestion", "embedding", "clustering_version", "listing", "broker_state")
+TABLES = (
+    "review_lease",
+    "api_token",
+    "account",
+    "moderator_decision",
+    "suggestion",
+    "embedding",
+    "clustering_version",
+    "listing",
+    "broker_state",
+)
 
 
 @pytest.fixture(scope="session")

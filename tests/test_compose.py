@@ -52,6 +52,7 @@ def test_the_design_services_are_all_there() -> None:
     assert commands["migrate"] == "vitrine db upgrade"
     assert commands["flower"].startswith("vitrine flower")
     assert commands["metrics"].startswith("vitrine metrics")
+    assert commands["review"].startswith("vitrine serve --host 0.0.0.0")
 
 
 def test_workers_get_time_to_finish_their_batches_on_stop() -> None:

@@ -19,18 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import make_url
 
+from common.accounts import add_user
 from common.config import Settings, with_environment
-from common.db import ensure_database, migrate
-from common.models import Listing, Suggestion
+from common.db import Database, drop_database, ensure_database, migrate
+from common.models import Account, Listing, Suggestion
 from common.refit import RefitResult
 from common.runtime import Runtime
 from vitrine.devservices import LocalServices, ServiceUnavailable, free_port, port_open
 from vitrine.photos import PublishedPhoto
 
 COMPOSE_HINT = "docker compose up -d redis postgres minio"
+# The demo's own database on the configured server: a demo never continues another system's data.
+DEMO_DATABASE = "vitrine_demo"
+DEMO_MODERATOR = "demo-moderator"
 DONE_EMBEDDING = {"embedded", "suggested", "reviewed", "failed"}
 DONE_SUGGESTING = {"suggested", "reviewed", "failed"}
 
@@ -53,6 +57,8 @@ class DemoEnvironment:
     pids: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     flower_password: str = ""
+    moderator_password: str = ""
+    review_port: int = 8000
 
     @property
     def settings(self) -> Settings:
@@ -95,12 +101,16 @@ def bring_up_services(settings: Settings, state_dir: Path, s3_configured: bool) 
         local.stop()
         raise
     demo.pids = [p.pid for p in local.processes]
+    server = demo.env.get("VITRINE_DATABASE_URL", settings.database_url)
+    demo.env["VITRINE_DATABASE_URL"] = make_url(server).set(database=DEMO_DATABASE).render_as_string(False)
     return demo
 
 
 def configure_processes(demo: DemoEnvironment) -> None:
     """Flower credentials made for this run, free ports, quick batches, the model choice."""
     demo.flower_password = secrets.token_urlsafe(12)
+    demo.moderator_password = secrets.token_urlsafe(12)
+    demo.review_port = 8000 if not port_open("127.0.0.1", 8000) else free_port()
     demo.env.update(
         VITRINE_FLOWER_USER="demo",
         VITRINE_FLOWER_PASSWORD=demo.flower_password,
@@ -108,6 +118,8 @@ def configure_processes(demo: DemoEnvironment) -> None:
         VITRINE_METRICS_PORT=str(9108 if not port_open("127.0.0.1", 9108) else free_port()),
         # Quick batches for a demo: each flush waits at most half a second.
         VITRINE_FLUSH_INTERVAL=os.environ.get("VITRINE_FLUSH_INTERVAL", "0.5"),
+        VITRINE_SESSION_SECRET=secrets.token_urlsafe(32),
+        VITRINE_REVIEW_URL=f"http://127.0.0.1:{demo.review_port}",
     )
     # The model choice travels with the demo's environment, so `vitrine status` sees the same backbone.
     demo.env.update({k: os.environ[k] for k in ("VITRINE_MODEL", "VITRINE_WEIGHTS") if k in os.environ})
@@ -122,7 +134,7 @@ def write_environment(demo: DemoEnvironment, state_dir: Path) -> None:
     state_file(state_dir).write_text(json.dumps({"pids": demo.pids}))
 
 
-def background_commands(state_dir: Path) -> dict[str, list[str]]:
+def background_commands(state_dir: Path, review_port: int) -> dict[str, list[str]]:
     vitrine = [sys.executable, "-m", "vitrine.cli"]
     celery = [sys.executable, "-m", "celery", "-A", "workers.app"]
     return {
@@ -132,15 +144,29 @@ def background_commands(state_dir: Path) -> dict[str, list[str]]:
         "beat": [*celery, "beat", "--schedule", str(state_dir / "celerybeat-schedule"), "--loglevel", "INFO"],
         "flower": [*vitrine, "flower", "--address", "127.0.0.1"],
         "metrics": [*vitrine, "metrics", "--address", "127.0.0.1"],
+        "review": [*vitrine, "serve", "--host", "127.0.0.1", "--port", str(review_port)],
     }
 
 
-def start_processes(demo: DemoEnvironment, state_dir: Path, log_dir: Path) -> list[str]:
-    """Migrate the database, then start workers, beat, Flower and metrics in the background."""
+def prepare_database(demo: DemoEnvironment, keep: bool) -> None:
+    """The demo's database, new unless `keep`; migrated; with a moderator account made for this run."""
     settings = demo.settings
+    if not keep:
+        drop_database(settings.database_url)
     ensure_database(settings.database_url)
     migrate(settings.database_url)
-    commands = background_commands(state_dir)
+    database = Database(settings.database_url)
+    try:
+        with database.transaction() as session:
+            session.execute(delete(Account).where(Account.name == DEMO_MODERATOR))
+            add_user(session, DEMO_MODERATOR, demo.moderator_password)
+    finally:
+        database.dispose()
+
+
+def start_processes(demo: DemoEnvironment, state_dir: Path, log_dir: Path) -> list[str]:
+    """Start workers, beat, Flower, metrics and the review app in the background."""
+    commands = background_commands(state_dir, demo.review_port)
     for name, argv in commands.items():
         with open(log_dir / f"{name}.log", "ab") as log:
             process = subprocess.Popen(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from vitrine.demo import DemoEnvironment, write_environment
+from vitrine.demo import DEMO_MODERATOR, DemoEnvironment, prepare_database, write_environment
 
 
 def test_the_demo_environment_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
@@ -18,3 +18,44 @@ def test_the_demo_environment_file_is_readable_by_its_owner_only(tmp_path: Path)
     written = tmp_path / "demo.env"
     assert stat.S_IMODE(written.stat().st_mode) == 0o600
     assert "export VITRINE_FLOWER_PASSWORD='s3cret'" in written.read_text()
+
+
+def test_the_demo_database_is_new_each_run_unless_kept(service_env: dict[str, str]) -> None:
+    from sqlalchemy.engine import make_url
+
+    from common.accounts import authenticate
+    from common.db import Database, drop_database
+    from common.models import Listing
+    from vitrine.devservices import create_scratch_database
+
+    url = create_scratch_database(service_env["VITRINE_DATABASE_URL"], "vitrine_demo_test")
+    name = make_url(url).database
+    demo = DemoEnvironment(
+        env={**service_env, "VITRINE_DATABASE_URL": url}, moderator_password="first password"
+    )
+    try:
+        prepare_database(demo, keep=False)
+        database = Database(url)
+        with database.transaction() as session:
+            session.add(
+                Listing(external_id="old", image_url="https://x.example/a.jpg", status="queued", attempts=0)
+            )
+        database.dispose()
+        # --keep continues the data; a new password is made for the run either way.
+        demo.moderator_password = "second password"
+        prepare_database(demo, keep=True)
+        database = Database(url)
+        with database.transaction() as session:
+            assert session.query(Listing).count() == 1
+            assert authenticate(session, DEMO_MODERATOR, "second password") is not None
+            assert authenticate(session, DEMO_MODERATOR, "first password") is None
+        database.dispose()
+        prepare_database(demo, keep=False)
+        database = Database(url)
+        with database.transaction() as session:
+            assert session.query(Listing).count() == 0
+            assert authenticate(session, DEMO_MODERATOR, "second password") is not None
+        database.dispose()
+        assert make_url(url).database == name
+    finally:
+        drop_database(url)

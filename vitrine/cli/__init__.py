@@ -55,7 +55,7 @@ def state(ctx: typer.Context) -> CommandState:
 
 def register() -> None:
     # Imported here so that each module can `from vitrine.cli import app`.
-    from vitrine.cli import bench, core, demo, evaluate, explain, ops  # noqa: F401
+    from vitrine.cli import accounts, bench, core, demo, evaluate, explain, ops, serve  # noqa: F401
 
 
 def main() -> None:

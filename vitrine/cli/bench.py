@@ -49,3 +49,32 @@ def bench_embed(
     for key, value in result.as_dict().items():
         table.add_row(key, str(value))
     console.print(table)
+
+
+@bench_app.command("review")
+def bench_review(
+    ctx: typer.Context,
+    n: Annotated[
+        int, typer.Option(min=100, help="Synthetic flagged suggestions in the scratch database.")
+    ] = 100_000,
+    claims: Annotated[int, typer.Option(min=1, help="Claims measured (each followed by an accept).")] = 300,
+    reads: Annotated[int, typer.Option(min=1, help="GET /api/v1/listings/{id} measured.")] = 500,
+    ingest_batches: Annotated[int, typer.Option(min=1, help="POSTs of 500 listings measured.")] = 20,
+    log_dir: Path = Path(".vitrine/logs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """p50/p95 of claim and of reading a listing, and ingest listings/s, over HTTP on a scratch database."""
+    from vitrine.review_bench import run_review_benchmark
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    result = run_review_benchmark(state(ctx).settings, n, claims, reads, ingest_batches, log_dir)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table("measure", "p50 ms", "p95 ms", "n")
+    for name in ("claim", "claim_in_process", "decision", "get_listing"):
+        row = result[name]
+        table.add_row(name, str(row["p50_ms"]), str(row["p95_ms"]), str(row["n"]))
+    console.print(table)
+    ingest = result["ingest"]
+    console.print(f"ingest: {ingest['listings_per_s']} listings/s in lists of {ingest['batch']}")

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.progress import Progress
+from sqlalchemy.engine import make_url
 
 from common.config import Settings
 from common.delivery import follow_up_refit
@@ -36,6 +37,9 @@ def demo(
     seller_share: Annotated[float, typer.Option(min=0, max=1)] = 0.5,
     stop: Annotated[bool, typer.Option("--stop", help="Stop what a previous demo started.")] = False,
     state_dir: Path = STATE_DIR,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Continue the demo database of the last run instead of a new one.")
+    ] = False,
 ) -> None:
     """Start services, workers, beat, Flower and metrics; publish photos; refit; summarise."""
     if stop:
@@ -49,7 +53,7 @@ def demo(
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
 
-    environment = _start(state(ctx).settings, state_dir, log_dir)
+    environment = _start(state(ctx).settings, state_dir, log_dir, keep)
     runtime = Runtime(environment.settings)
     try:
         try:
@@ -78,7 +82,7 @@ def _stop(state_dir: Path) -> None:
         console.print(f"stopped {stopped} demo processes")
 
 
-def _start(settings: Settings, state_dir: Path, log_dir: Path) -> supervision.DemoEnvironment:
+def _start(settings: Settings, state_dir: Path, log_dir: Path, keep: bool) -> supervision.DemoEnvironment:
     try:
         environment = supervision.bring_up_services(
             settings,
@@ -90,6 +94,7 @@ def _start(settings: Settings, state_dir: Path, log_dir: Path) -> supervision.De
         raise typer.Exit(1) from None
     supervision.configure_processes(environment)
     supervision.write_environment(environment, state_dir)
+    supervision.prepare_database(environment, keep)
     started = supervision.start_processes(environment, state_dir, log_dir)
     for note in environment.notes:
         console.print(f"[cyan]{note}[/cyan]")
@@ -97,6 +102,9 @@ def _start(settings: Settings, state_dir: Path, log_dir: Path) -> supervision.De
     weights = (
         f" (weights {settings.weights})" if settings.weights else " (weights from the Hugging Face cache)"
     )
+    database = make_url(settings.database_url)
+    kept = "continued (--keep)" if keep else "new for this run"
+    console.print(f"database: {database.database} on {database.host}:{database.port or 5432} ({kept})")
     console.print(f"model: {settings.model}{weights}")
     console.print(f"started {', '.join(started)}; logs in {log_dir}/")
     return environment
@@ -181,5 +189,11 @@ def _print_summary(
     login = f"user demo, password {environment.flower_password}"
     console.print(f"Flower:  http://127.0.0.1:{settings.flower_port}  ({login})")
     console.print(f"Metrics: http://127.0.0.1:{settings.metrics_port}/metrics")
+    # On one line whatever the terminal's width: a person copies the password from it.
+    console.print(
+        f"Review:  http://127.0.0.1:{environment.review_port}/review  "
+        f"(user {supervision.DEMO_MODERATOR}, password {environment.moderator_password})",
+        soft_wrap=True,
+    )
     console.print(f"Talk to this demo: source {state_dir}/demo.env && vitrine status")
     console.print("Stop it: make stop  (or vitrine demo --stop)")

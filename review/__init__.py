@@ -1,0 +1,1 @@
+"""The review app: moderators' pages and the HTTP API for marketplaces and moderators."""

@@ -1,0 +1,100 @@
+"""The review app's factory: one FastAPI application for the pages and the `/api/v1` API.
+
+`vitrine serve` builds it from the settings it read; uvicorn started on its own does the same with
+`uvicorn --factory review.app:create_app_from_environment`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from common.accounts import Identity
+from common.config import Settings, load_settings
+from common.runtime import Runtime
+from review.auth import Reader, Sessions, SignInRequired
+from review.routes import listings, pages, review_api
+
+# Pages load scripts only from this app; photos and overlays come from the object store or the
+# marketplace's own hosts, hence any https image source.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: http: https:; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+    owned = runtime is None
+    runtime = runtime or Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            runtime.close()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="Vitrine",
+        version="1",
+        summary="Send listings, read their suggested category, and review what the model is unsure of.",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.runtime = runtime
+    app.state.sessions = Sessions(settings)
+    app.include_router(listings.router)
+    app.include_router(review_api.router)
+    app.include_router(pages.router)
+
+    @app.get("/api/v1/openapi.json", include_in_schema=False)
+    def openapi(_: Identity = Reader) -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz(request: Request) -> JSONResponse:
+        try:
+            with request.app.state.runtime.db.transaction() as session:
+                session.execute(text("SELECT 1"))
+        except SQLAlchemyError as error:
+            return JSONResponse({"ok": False, "postgres": type(error).__name__}, status_code=503)
+        return JSONResponse({"ok": True})
+
+    @app.exception_handler(SignInRequired)
+    async def _sign_in(request: Request, error: SignInRequired) -> Response:
+        return RedirectResponse("/sign-in?" + urlencode({"next": error.next_path}), status_code=303)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> Response:
+        problems = [
+            {"field": ".".join(str(p) for p in problem["loc"]), "message": problem["msg"]}
+            for problem in error.errors()
+        ]
+        message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        return JSONResponse({"detail": message, "errors": problems}, status_code=422)
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        if request.url.path.startswith(("/api/", "/review", "/history", "/dashboard")):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return app
+
+
+def create_app_from_environment() -> FastAPI:
+    return create_app(load_settings())

@@ -1,0 +1,142 @@
+"""`/api/v1/listings`: marketplaces send listings and read what became of them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from common.accounts import Identity
+from common.events import ListingEvent, publish_listings, refusal
+from common.listings import MAX_WAIT, WAIT_POLL, listing_view
+from common.models import TERMINAL_STATUSES
+from common.runtime import Runtime
+from common.storage import STORAGE_ERRORS
+from review.auth import Ingest, Reader, runtime_of
+
+router = APIRouter(prefix="/api/v1", tags=["listings"])
+MAX_ITEMS = 500
+# The API's name for what `ListingEvent` calls listing_id.
+RENAMED = {"listing_id": "external_id"}
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise HTTPException(400, f"body: malformed JSON ({error})") from None
+
+
+def _validate(index: int, item: Any) -> ListingEvent | dict[str, Any]:
+    """The item as a `ListingEvent`, or its error naming the field."""
+    if not isinstance(item, dict):
+        return {"index": index, "error": {"field": "item", "message": "must be a JSON object"}}
+    fields = {("listing_id" if key == "external_id" else key): value for key, value in item.items()}
+    if "listing_id" in item:
+        return {"index": index, "error": {"field": "listing_id", "message": "unknown field; use external_id"}}
+    try:
+        return ListingEvent.model_validate(fields)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        field = ".".join(RENAMED.get(str(part), str(part)) for part in problem["loc"]) or "item"
+        return {
+            "index": index,
+            "external_id": item.get("external_id") if isinstance(item.get("external_id"), str) else None,
+            "error": {"field": field, "message": problem["msg"]},
+        }
+
+
+@router.post("/listings", status_code=202, summary="Send one listing or a list of up to 500")
+async def post_listings(request: Request, _: Identity = Ingest) -> dict[str, Any]:
+    """Each item `{external_id, image_url, seller_category?, title?}` is validated like `ListingEvent`;
+    valid ones are recorded and queued, bad ones answered with their error, in order."""
+    body = await _json_body(request)
+    items = body if isinstance(body, list) else [body]
+    if len(items) > MAX_ITEMS:
+        raise HTTPException(413, f"body: at most {MAX_ITEMS} listings per request, got {len(items)}")
+    if not items:
+        raise HTTPException(422, "body: an empty list")
+    runtime = runtime_of(request)
+    results: list[dict[str, Any]] = []
+    accepted: list[tuple[int, ListingEvent]] = []
+    for index, item in enumerate(items):
+        checked = _validate(index, item)
+        if isinstance(checked, dict):
+            results.append(checked)
+            continue
+        refused = refusal(checked, runtime.settings)
+        if refused is not None:
+            results.append(
+                {
+                    "index": index,
+                    "external_id": checked.listing_id,
+                    "error": {"field": refused.field, "message": refused.message},
+                }
+            )
+            continue
+        accepted.append((index, checked))
+    if accepted:
+        published = await run_in_threadpool(publish_listings, runtime, [event for _, event in accepted])
+        results += [
+            {"index": index, "external_id": p.external_id, "outcome": p.outcome}
+            for (index, _), p in zip(accepted, published, strict=True)
+        ]
+    results.sort(key=lambda r: r["index"])
+    return {
+        "accepted": len(accepted),
+        "rejected": len(items) - len(accepted),
+        "results": results,
+    }
+
+
+def _with_urls(runtime: Runtime, view: dict[str, Any]) -> dict[str, Any]:
+    """Object keys become short-lived presigned URLs (the keys themselves are internal)."""
+    view = dict(view)
+    view.pop("id", None)
+    view.pop("image_url", None)
+    suggestion = view.get("suggestion")
+    if suggestion is not None:
+        suggestion = dict(suggestion)
+        expiry = runtime.settings.presign_expiry
+        for key_field, url_field in (("gradcam_key", "gradcam_url"), ("heatmap_key", "heatmap_url")):
+            key = suggestion.pop(key_field)
+            suggestion[url_field] = None
+            if key:
+                try:
+                    suggestion[url_field] = runtime.store.presigned_get(
+                        runtime.settings.gradcam_bucket, key, expiry
+                    )
+                except STORAGE_ERRORS:
+                    suggestion[url_field] = None
+        view["suggestion"] = suggestion
+    return view
+
+
+@router.get("/listings/{external_id}", summary="A listing's status, suggestion and decision")
+async def get_listing(
+    request: Request,
+    external_id: str,
+    wait: float = Query(0, ge=0, le=MAX_WAIT, description="Seconds to wait for a terminal state."),
+    _: Identity = Reader,
+) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    deadline = time.monotonic() + wait
+    while True:
+        # A fresh short transaction per look: no connection is held while the listing is awaited.
+        view = await run_in_threadpool(_read_view, runtime, external_id)
+        if view is None or view["status"] in TERMINAL_STATUSES or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(min(WAIT_POLL, max(0.0, deadline - time.monotonic())))
+    if view is None:
+        raise HTTPException(404, f"external_id: no listing {external_id!r}")
+    return _with_urls(runtime, view)
+
+
+def _read_view(runtime: Runtime, external_id: str) -> dict[str, Any] | None:
+    with runtime.db.transaction() as session:
+        return listing_view(session, external_id)

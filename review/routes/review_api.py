@@ -1,0 +1,113 @@
+"""`/api/v1/review` and `/api/v1/stats`: claim, decide, undo, history, dashboard figures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
+from sqlalchemy.orm import Session
+
+from common import review
+from common.accounts import Identity
+from common.queues import QUEUES
+from common.runtime import Runtime
+from review.auth import Reviewer, runtime_of
+
+router = APIRouter(prefix="/api/v1", tags=["review"])
+T = TypeVar("T")
+
+
+class DecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["accept", "override", "skip"]
+    category: str | None = Field(None, min_length=1, max_length=200)
+    note: str | None = Field(None, max_length=review.MAX_NOTE)
+
+
+def in_transaction(runtime: Runtime, work: Callable[[Session], T]) -> T:
+    """Run `work` in one transaction; a `ReviewError` rolls it back and becomes its HTTP answer."""
+    try:
+        with runtime.db.transaction() as session:
+            return work(session)
+    except review.ReviewError as error:
+        raise HTTPException(error.status, error.message) from None
+
+
+@router.post("/review/claim", summary="Claim the next item waiting for review", response_model=None)
+async def claim(
+    request: Request,
+    category: str | None = Query(None, max_length=200),
+    identity: Identity = Reviewer,
+) -> dict[str, Any] | Response:
+    runtime = runtime_of(request)
+    lease = runtime.settings.review_lease_seconds
+    claimed = await run_in_threadpool(
+        in_transaction, runtime, lambda s: review.claim(s, identity.name, lease, category)
+    )
+    if claimed is None:
+        return Response(status_code=204)
+    return {"external_id": claimed.external_id, "lease_expires_at": claimed.expires_at.isoformat()}
+
+
+@router.post("/review/{external_id}/decision", summary="Accept, override or skip a claimed item")
+async def decision(
+    request: Request, external_id: str, body: DecisionIn, identity: Identity = Reviewer
+) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    row = await run_in_threadpool(
+        in_transaction,
+        runtime,
+        lambda s: review.decide(s, identity.name, external_id, body.action, body.category, body.note),
+    )
+    return {"id": row.id, "external_id": external_id, "action": row.action, "category": row.category}
+
+
+@router.post("/review/{external_id}/undo", summary="Revert your last decision on an item")
+async def undo(request: Request, external_id: str, identity: Identity = Reviewer) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    lease = runtime.settings.review_lease_seconds
+    row = await run_in_threadpool(
+        in_transaction, runtime, lambda s: review.undo(s, identity.name, external_id, lease)
+    )
+    return {"id": row.id, "external_id": external_id, "reverts": row.reverts_id}
+
+
+@router.get("/review/history", summary="Decisions, newest first")
+async def history(
+    request: Request,
+    moderator_name: str | None = Query(None, alias="moderator", max_length=100),
+    category: str | None = Query(None, max_length=200),
+    limit: int = Query(100, ge=1, le=review.HISTORY_LIMIT),
+    before: int | None = Query(None, ge=1, description="Only decisions older than this id (paging)."),
+    _: Identity = Reviewer,
+) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    rows = await run_in_threadpool(
+        in_transaction, runtime, lambda s: review.history(s, moderator_name, category, limit, before)
+    )
+    return {"decisions": rows}
+
+
+def dashboard_figures(runtime: Runtime) -> dict[str, Any]:
+    """The dashboard's figures: from Postgres, and the broker's queue depths (None if it is away)."""
+    with runtime.db.transaction() as session:
+        figures = review.stats(session)
+    depths: dict[str, int | None] = {}
+    for queue in QUEUES:
+        try:
+            depths[queue] = runtime.publisher.queue_depth(queue)
+        except RedisError as error:  # the broker away: the page still shows the rest
+            depths[queue] = None
+            figures["broker_error"] = str(error)
+    figures["queue_depths"] = depths
+    return figures
+
+
+@router.get("/stats", summary="Review queue, decisions, clustering quality, queue depths")
+async def stats(request: Request, _: Identity = Reviewer) -> dict[str, Any]:
+    return await run_in_threadpool(dashboard_figures, runtime_of(request))

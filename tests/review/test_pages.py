@@ -1,0 +1,62 @@
+"""The moderators' pages: the review page and its forms, history and dashboard, all escaped."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi.testclient import TestClient
+
+from common.db import Database
+from tests.review.conftest import Tokens, add_flagged
+from tests.review.test_auth import sign_in
+
+HOSTILE = '<script>alert("x")</script>'
+
+
+def test_review_page_decides_through_its_forms_and_escapes_what_sellers_wrote(
+    client: TestClient, tokens: Tokens, db: Database
+) -> None:
+    add_flagged(db, [("p1", 0.1)], title=HOSTILE, seller_category="<b>Shoes</b>")
+    add_flagged(db, [("p2", 0.2)], reason="seller_disagrees")
+    csrf = sign_in(client)
+    page = client.get("/review").text
+    assert HOSTILE not in page and "&lt;script&gt;alert(" in page
+    assert "<b>Shoes</b>" not in page and "&lt;b&gt;Shoes&lt;/b&gt;" in page
+    assert 'id="waiting-total">2<' in page and "low confidence" in page
+    assert "/review/p1/decide" in page and 'data-key="a"' in page and 'data-key="3"' in page
+    # A form without the CSRF token is refused.
+    refused = client.post("/review/p1/decide", data={"action": "accept"}, follow_redirects=False)
+    assert refused.status_code == 403
+    done = client.post(
+        "/review/p1/decide", data={"action": "accept", "csrf_token": csrf}, follow_redirects=False
+    )
+    assert done.status_code == 303 and done.headers["location"] == "/review"
+    page = client.get("/review").text
+    assert 'id="waiting-total">1<' in page and 'id="decided-today">1<' in page
+    assert "/review/p2/decide" in page and 'name="external_id" value="p1"' in page
+    # A refusal comes back as a notice on the page, escaped.
+    again = client.post("/review/p1/decide", data={"action": "accept", "csrf_token": csrf})
+    assert "already decided" in again.text
+    undone = client.post("/review/undo", data={"external_id": "p1", "csrf_token": csrf})
+    assert undone.status_code == 200 and 'id="decided-today">0<' in undone.text
+    # Undo gives the item back to the moderator: it is the one shown.
+    assert "/review/p1/decide" in undone.text
+
+
+def test_history_and_dashboard_pages(client: TestClient, tokens: Tokens, db: Database) -> None:
+    add_flagged(db, [("h1", 0.1)], title=HOSTILE)
+    csrf = sign_in(client)
+    client.get("/review")
+    client.post(
+        "/review/h1/decide",
+        data={"action": "override", "category": "Footwear", "note": HOSTILE, "csrf_token": csrf},
+    )
+    history = client.get("/history?moderator=alice").text
+    assert HOSTILE not in history and history.count("&lt;script&gt;") == 2
+    assert re.search(r"<td>override</td>", history) and "Footwear" in history
+    dashboard = client.get("/dashboard").text
+    assert "<polyline" in dashboard and "From moderators: <strong>1</strong>" in dashboard
+    assert ">embed<" in dashboard and ">refit<" in dashboard
+    script = client.get("/static/review.js")
+    assert script.status_code == 200 and "keydown" in script.text
+    assert client.get("/static/other.js").status_code == 404

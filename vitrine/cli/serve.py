@@ -1,0 +1,28 @@
+"""`vitrine serve`: the review app and the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from vitrine.cli import app, console, state
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to listen on (compose: 0.0.0.0).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    proxy_headers: Annotated[
+        bool, typer.Option(help="Trust X-Forwarded-* from a TLS proxy (cookies become Secure behind https).")
+    ] = False,
+) -> None:
+    """Serve the moderators' pages and the `/api/v1` API."""
+    import uvicorn
+
+    from review.app import create_app
+
+    application = create_app(state(ctx).settings, state(ctx).runtime)
+    console.print(f"review app on http://{host}:{port}/ (API under /api/v1)")
+    uvicorn.run(application, host=host, port=port, proxy_headers=proxy_headers, log_level="info")
