@@ -49,6 +49,16 @@ def acceptance_threshold(model: SuggestionModel, settings: Settings) -> float:
     return DEFAULT_CONFIDENCE_THRESHOLD
 
 
+def disagreement_threshold(threshold: float) -> float:
+    """The confidence at which an out-of-fold suggestion that contradicts the seller is flagged.
+
+    The acceptance threshold; but where no threshold reaches the target precision against the
+    sellers' own labels (many of them wrong, which is exactly what caps that precision), the
+    default, so that the sellers' mistakes are still pointed out.
+    """
+    return threshold if threshold <= 1.0 else DEFAULT_CONFIDENCE_THRESHOLD
+
+
 def review_reason(
     listing_id: int,
     category: str | None,
@@ -62,10 +72,13 @@ def review_reason(
     The suggestion of a labelled listing is out of fold (it never learnt from its own label), so
     a confident one that differs from the seller's category is evidence the seller chose wrong.
     """
-    if category is None or confidence < threshold:
+    if category is None:
         return ReviewReason.low_confidence
-    if seller_category is not None and seller_category != category:
+    disagrees = seller_category is not None and seller_category != category
+    if disagrees and confidence >= disagreement_threshold(threshold):
         return ReviewReason.seller_disagrees
+    if confidence < threshold:
+        return ReviewReason.low_confidence
     # Salted, so that the audited listings are not the ones sampled for overlays.
     if stable_fraction(f"audit:{listing_id}") < settings.review_audit_rate:
         return ReviewReason.audit_sample

@@ -14,6 +14,7 @@ from common.suggest import (
     fit_suggestion_model,
     fuse,
 )
+from common.suggestions import ReviewReason, review_reason
 
 CATEGORIES = ["bags", "lamps", "shoes"]
 DIM = 6
@@ -173,3 +174,17 @@ def test_fitted_parts_survive_storage(settings: Settings) -> None:
     np.testing.assert_allclose(
         restored.image.predict_proba(labelled.vectors), model.fitted.image.predict_proba(labelled.vectors)
     )
+
+
+def test_a_confident_contradiction_of_the_seller_is_flagged_and_a_doubtful_one_is_low_confidence(
+    settings: Settings,
+) -> None:
+    flagged = review_reason(1, "bags", 0.9, "lamps", settings, threshold=0.8)
+    doubtful = review_reason(1, "bags", 0.7, "lamps", settings, threshold=0.8)
+    agreed = review_reason(1, "bags", 0.9, "bags", settings.model_copy(update={"review_audit_rate": 0}), 0.8)
+    assert (flagged, doubtful, agreed) == (ReviewReason.seller_disagrees, ReviewReason.low_confidence, None)
+    # No threshold reached the target against the sellers' labels: nothing is accepted, but a
+    # contradiction at the default confidence still points at the seller's mistake.
+    assert review_reason(1, "bags", 0.7, "lamps", settings, ACCEPT_NONE) == ReviewReason.seller_disagrees
+    assert review_reason(1, "bags", 0.7, "bags", settings, ACCEPT_NONE) == ReviewReason.low_confidence
+    assert review_reason(1, None, 0.0, "bags", settings, 0.5) == ReviewReason.low_confidence
