@@ -52,11 +52,12 @@ def acceptance_threshold(model: SuggestionModel, settings: Settings) -> float:
 def disagreement_threshold(threshold: float) -> float:
     """The confidence at which an out-of-fold suggestion that contradicts the seller is flagged.
 
-    The acceptance threshold; but where no threshold reaches the target precision against the
-    sellers' own labels (many of them wrong, which is exactly what caps that precision), the
-    default, so that the sellers' mistakes are still pointed out.
+    The acceptance threshold, but never above the default: the threshold is estimated against
+    the sellers' own labels, and their wrong ones cap the precision it can show, so the more
+    sellers err the higher it climbs (or no threshold reaches the target at all), which would
+    silence exactly the flags that catch them.
     """
-    return threshold if threshold <= 1.0 else DEFAULT_CONFIDENCE_THRESHOLD
+    return min(threshold, DEFAULT_CONFIDENCE_THRESHOLD)
 
 
 def review_reason(

@@ -187,14 +187,15 @@ def test_each_flagged_suggestion_says_why(db: Database, settings: Settings, clea
         others = {reason for listing_id, reason in reasons.items() if listing_id != mislabelled}
         assert others == ({None} if rate == 0.0 else {ReviewReason.audit_sample})
 
-    # Below the threshold, low confidence is the reason, whatever the seller said.
+    # Below the threshold, low confidence is the reason for everything else.
     refit(db, settings.model_copy(update={"confidence_threshold": 1.0}))
     with db.transaction() as session:
         rows = session.execute(
             select(Suggestion.listing_id, Suggestion.confidence, Suggestion.review_reason)
         ).all()
     doubtful = {listing_id: reason for listing_id, confidence, reason in rows if confidence < 1.0}
-    assert mislabelled in doubtful
+    # A confident contradiction of the seller is still called that, however high the threshold.
+    assert doubtful.pop(mislabelled) == ReviewReason.seller_disagrees
     assert set(doubtful.values()) == {ReviewReason.low_confidence}
 
 
