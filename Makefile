@@ -55,8 +55,8 @@ bench: install
 	$(BIN)/vitrine bench embed --model convnext_base --n 64 --batch-size 16 --images "$(IMAGES)"
 
 evaluate: install
-	$(BIN)/vitrine evaluate --images "$(IMAGES)" --labels "$(LABELS)" \
-	  --model efficientnet_lite0="$(OFFLINE_WEIGHTS)" --out out/evaluate
+	$(BIN)/vitrine evaluate --images "$(IMAGES)" --labels "$(LABELS)" $(if $(TITLES),--title-column $(TITLES)) \
+	  --model efficientnet_lite0="$(OFFLINE_WEIGHTS)" --cache out/evaluate/cache --out out/evaluate
 
 clean:
 	rm -rf $(VENV) .vitrine out
