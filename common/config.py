@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "VITRINE_"
 DEFAULT_MODEL = "convnext_base.fb_in22k_ft_in1k"
+# Chosen by `vitrine evaluate` on the Flipkart sample (README): the whole photo beats timm's centre crop.
+DEFAULT_CROP: Literal["center", "full"] = "full"
 
 
 class ConfigError(RuntimeError):
@@ -51,7 +53,7 @@ class Settings(BaseSettings):
     flush_interval: float = Field(1.0, gt=0, le=600)
     # `center`: timm's eval transform (resize, centre crop). `full`: the whole photo, padded to a
     # square with its background colour, then resized (see `common.vision.crop_data_config`).
-    crop: Literal["center", "full"] = "full"
+    crop: Literal["center", "full"] = DEFAULT_CROP
     decode_threads: int = Field(2, ge=1, le=64)
 
     # Safe fetching and decoding of listing photos

@@ -446,11 +446,13 @@ def fit_suggestion_model(
         signals["title"] = title_p
     labels = labelled.labels
     if method in ("centroid", "knn") or ("image" not in signals and method != "title"):
-        # Nothing fitted: scored on a sample only, leave-one-out (never its own vote).
+        # Nothing fitted (or no probe: fewer than two categories): kNN or centroids, scored on a
+        # sample only, leave-one-out (never its own vote). Without a probe, fused is the photo alone.
         rows = threshold_sample(len(labels), seed)
         signals = {"image": model.image_probabilities(labelled.vectors[rows], labelled.listing_ids[rows])}
         labels = labels[rows]
-    if method == "fused":
+        fitted.title = None
+    if method == "fused" and "title" in signals:
         fitted.fusion = fit_fusion(signals["image"], signals["title"], labelled.labels)
         probs = fuse(signals["image"], signals["title"], fitted.fusion)
     elif method == "title":

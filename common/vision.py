@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from safetensors import SafetensorError
 from timm.data import create_transform, resolve_data_config
 
-from common.config import ConfigError, Settings
+from common.config import DEFAULT_CROP, ConfigError, Settings
 from common.imaging import ImageRejected, LoadedImage
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class Backbone:
     transform: Any
     dim: int
     pretrained: bool = True
-    crop: str = "center"
+    crop: str = DEFAULT_CROP
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -145,7 +145,7 @@ class Backbone:
         *,
         allow_random: bool = False,
         with_classifier: bool = False,
-        crop: str = "center",
+        crop: str = DEFAULT_CROP,
     ) -> Backbone:
         model, pretrained = create_model(
             name,

@@ -191,3 +191,15 @@ def test_a_confident_contradiction_of_the_seller_is_flagged_and_a_doubtful_one_i
     assert review_reason(1, "bags", 0.7, "lamps", settings, ACCEPT_NONE) == ReviewReason.seller_disagrees
     assert review_reason(1, "bags", 0.7, "bags", settings, ACCEPT_NONE) == ReviewReason.low_confidence
     assert review_reason(1, None, 0.0, "bags", settings, 0.5) == ReviewReason.low_confidence
+
+
+def test_fused_with_a_single_labelled_category_falls_back_to_the_photo(settings: Settings) -> None:
+    vectors, _labels, titles = listings(10)
+    labelled = LabelledSet(np.arange(len(vectors)), vectors, np.zeros(len(vectors), dtype=np.int64), titles)
+    model = fit_suggestion_model(
+        1, "b@x", np.eye(3, DIM, dtype=np.float32), CATEGORIES, np.eye(3),
+        settings.model_copy(update={"suggestion_method": "fused"}), labelled,
+    )  # fmt: skip
+    assert model.fitted is not None and model.fitted.image is None and model.fitted.fusion is None
+    scored = model.score(vectors[:2], titles[:2], [0, 1])
+    assert [s.category for s in scored] == ["bags", "bags"] and set(scored[0].signals) == {"image"}
