@@ -10,6 +10,8 @@ OFFLINE_WEIGHTS ?= ../shared/weights/efficientnet_lite0.safetensors
 IMAGES ?= $(SAMPLES)/images
 LABELS ?= $(SAMPLES)/labels.csv
 LIMIT ?=
+# The labels file's listing-title column (the Flipkart sample's product names); empty: no titles.
+TITLES ?= product_name
 COVERAGE_FLOOR ?= 68
 
 .PHONY: install browser test test-faults lint demo stop bench evaluate clean
@@ -47,9 +49,9 @@ demo: install
 	@if [ -z "$$VITRINE_WEIGHTS" ] && [ -f "$(OFFLINE_WEIGHTS)" ]; then \
 	  echo "demo: no VITRINE_WEIGHTS set; using the offline efficientnet_lite0 backbone ($(OFFLINE_WEIGHTS))"; \
 	  export VITRINE_MODEL=efficientnet_lite0 VITRINE_WEIGHTS="$(OFFLINE_WEIGHTS)"; \
-	  $(BIN)/vitrine demo --images "$(IMAGES)" --labels "$(LABELS)" $(if $(LIMIT),--limit $(LIMIT)); \
+	  $(BIN)/vitrine demo --images "$(IMAGES)" --labels "$(LABELS)" $(if $(TITLES),--title-column $(TITLES)) $(if $(LIMIT),--limit $(LIMIT)); \
 	else \
-	  $(BIN)/vitrine demo --images "$(IMAGES)" --labels "$(LABELS)" $(if $(LIMIT),--limit $(LIMIT)); \
+	  $(BIN)/vitrine demo --images "$(IMAGES)" --labels "$(LABELS)" $(if $(TITLES),--title-column $(TITLES)) $(if $(LIMIT),--limit $(LIMIT)); \
 	fi
 
 stop: install
@@ -59,8 +61,8 @@ bench: install
 	$(BIN)/vitrine bench embed --model convnext_base --n 64 --batch-size 16 --images "$(IMAGES)"
 
 evaluate: install
-	$(BIN)/vitrine evaluate --images "$(IMAGES)" --labels "$(LABELS)" \
-	  --model efficientnet_lite0="$(OFFLINE_WEIGHTS)" --out out/evaluate
+	$(BIN)/vitrine evaluate --images "$(IMAGES)" --labels "$(LABELS)" $(if $(TITLES),--title-column $(TITLES)) \
+	  --model efficientnet_lite0="$(OFFLINE_WEIGHTS)" --cache out/evaluate/cache --out out/evaluate
 
 clean:
 	rm -rf $(VENV) .vitrine out

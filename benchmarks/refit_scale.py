@@ -128,7 +128,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--server", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--max-vectors", type=int, default=20_000)
-    parser.add_argument("--method", choices=("knn", "centroid"), default="knn", help="suggestion method")
+    parser.add_argument(
+        "--method", choices=("centroid", "knn", "linear", "fused"), default="knn", help="suggestion method"
+    )
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
 

@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "VITRINE_"
 DEFAULT_MODEL = "convnext_base.fb_in22k_ft_in1k"
+# Chosen by `vitrine evaluate` on the Flipkart sample (README): the whole photo beats timm's centre crop.
+DEFAULT_CROP: Literal["center", "full"] = "full"
 
 
 class ConfigError(RuntimeError):
@@ -49,6 +51,9 @@ class Settings(BaseSettings):
     # Grad-CAM keeps activations and gradients of the last stage: smaller batches than embedding.
     explain_batch_size: int = Field(16, ge=1, le=1024)
     flush_interval: float = Field(1.0, gt=0, le=600)
+    # `center`: timm's eval transform (resize, centre crop). `full`: the whole photo, padded to a
+    # square with its background colour, then resized (see `common.vision.crop_data_config`).
+    crop: Literal["center", "full"] = DEFAULT_CROP
     decode_threads: int = Field(2, ge=1, le=64)
 
     # Safe fetching and decoding of listing photos
@@ -70,11 +75,17 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, le=100)
 
     # Suggestions
-    confidence_threshold: float = Field(0.6, ge=0, le=1)
+    # Auto-accept only where cross-validation at refit expects at least this precision: the
+    # threshold is estimated per clustering version (`common.suggest.estimate_threshold`).
+    target_precision: float = Field(0.95, gt=0, le=1)
+    # A manual override of that estimate; unset, the estimate decides.
+    confidence_threshold: float | None = Field(None, ge=0, le=1)
     # Share of confident suggestions that still go to a moderator, chosen by a stable hash of
     # the listing: the only way to measure how often confident suggestions are wrong.
     review_audit_rate: float = Field(0.01, ge=0, le=1)
-    suggestion_method: Literal["centroid", "knn"] = "knn"
+    # Chosen by `vitrine evaluate` on the Flipkart sample (README): fused is the most accurate and
+    # the best calibrated; without a title it is the linear probe, itself ahead of knn.
+    suggestion_method: Literal["centroid", "knn", "linear", "title", "fused"] = "fused"
     knn_neighbours: int = Field(15, ge=1, le=1000)
     # Temperature of the softmax over cosine similarities to the centroids.
     centroid_temperature: float = Field(0.05, gt=0, le=10)
@@ -153,7 +164,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis:// or rediss:// URL")
         return value
 
-    @field_validator("weights", mode="before")
+    @field_validator("weights", "confidence_threshold", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -111,6 +111,19 @@ def _clustering_metrics(snapshot: Snapshot) -> Iterator[Metric]:
         ("stability_ari", "ARI of the current clustering against the previous version.", "stability"),
         ("age_seconds", "Seconds since the current clustering was fitted.", "age_seconds"),
         ("fit_seconds", "How long fitting the current clustering took.", "fit_seconds"),
+        ("target_precision", "Precision the auto-accept threshold is estimated for.", "target_precision"),
+        ("threshold", "Auto-accept confidence threshold estimated at refit.", "threshold"),
+        (
+            "estimated_precision",
+            "Cross-validated precision of suggestions accepted at the estimated threshold.",
+            "estimated_precision",
+        ),
+        (
+            "estimated_coverage",
+            "Cross-validated share of listings accepted at the estimated threshold.",
+            "estimated_coverage",
+        ),
+        ("threshold_override", "Configured threshold that replaces the estimate.", "threshold_override"),
     )
     for name, help_text, key in series:
         value = clustering.get(key)

@@ -134,6 +134,14 @@ class ClusteringVersion(Base):
     fit_seconds: Mapped[float] = mapped_column(Float)
     algorithm: Mapped[str] = mapped_column(String(40))
     is_current: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What the refit fitted for suggestions (`common.suggest.Fitted`, pickled) and the
+    # auto-accept threshold it estimated for the target precision, with what it expects of it.
+    suggestion_method: Mapped[str | None] = mapped_column(String(20))
+    suggestion_model: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    target_precision: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    estimated_precision: Mapped[float | None] = mapped_column(Float)
+    estimated_coverage: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
@@ -166,6 +174,9 @@ class Suggestion(Base):
     needs_review: Mapped[bool] = mapped_column(Boolean)
     # Why it waits for a moderator (`common.suggestions.ReviewReason`); None when it does not.
     review_reason: Mapped[str | None] = mapped_column(String(24))
+    # Each signal's own top category and probability: {"image": {"category", "probability"},
+    # "title": {...}}, so a moderator sees where the photo and the title disagree.
+    signals: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     gradcam_key: Mapped[str | None] = mapped_column(Text)
     heatmap_key: Mapped[str | None] = mapped_column(Text)
     gradcam_target: Mapped[str | None] = mapped_column(String(40))

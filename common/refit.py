@@ -19,8 +19,8 @@ from common.config import Settings
 from common.db import Database
 from common.embeddings import current_version, iter_embeddings, label_expression, newest_backbone_id
 from common.models import ClusteringVersion, Embedding, Listing
-from common.suggest import cluster_label_shares
-from common.suggestions import Lineage, reassign_suggestions
+from common.suggest import SuggestionModel, cluster_label_shares, fit_suggestion_model
+from common.suggestions import Lineage, labelled_set, reassign_suggestions
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +105,20 @@ def refit(
                 return _skipped(f"{n} embeddings are fewer than k={k}", backbone_id)
             centroids, algorithm = fit_centroids(session, backbone_id, n, k, settings)
             scores = score_clustering(session, backbone_id, centroids, settings.refit_chunk)
+            model = fit_suggestions(session, backbone_id, centroids, scores, settings)
             fit_seconds = time.perf_counter() - started
             lineage = cluster_lineage(current_version(session, backbone_id), centroids)
-            version_id = make_current(session, backbone_id, centroids, scores, n, fit_seconds, algorithm)
+            version_id = make_current(
+                session, backbone_id, centroids, scores, n, fit_seconds, algorithm, model
+            )
+            model.version_id = version_id
         # The switch is committed; now (re)assign suggestions in bounded chunks.
-        suggested, explain, dropped = reassign_suggestions(db, settings, backbone_id, lineage)
+        suggested, explain, dropped = reassign_suggestions(db, settings, backbone_id, lineage, model)
+    estimate = model.threshold
     log.info(
-        "refit: version %s k=%d n=%d ari=%s nmi=%s stability=%s in %.1fs",
-        version_id, k, n, scores.ari, scores.nmi, scores.stability_ari, fit_seconds,
+        "refit: version %s k=%d n=%d ari=%s nmi=%s stability=%s %s threshold=%s in %.1fs",
+        version_id, k, n, scores.ari, scores.nmi, scores.stability_ari, model.method,
+        None if estimate is None else round(estimate.threshold, 4), fit_seconds,
     )  # fmt: skip
     return RefitResult(
         version_id, backbone_id, k, n, scores.n_labelled, scores.ari, scores.nmi,
@@ -209,6 +215,16 @@ def score_clustering(session: Session, backbone_id: str, centroids: np.ndarray, 
     return Scores(assigned, labels, ari, nmi, stability)
 
 
+def fit_suggestions(
+    session: Session, backbone_id: str, centroids: np.ndarray, scores: Scores, settings: Settings
+) -> SuggestionModel:
+    """The suggestion model of the new clusters, fitted on the labelled listings, with its threshold."""
+    categories, shares, _summary = cluster_label_shares(scores.assigned, scores.labels, len(centroids))
+    labelled = labelled_set(session, backbone_id, settings.refit_chunk, categories) if categories else None
+    # The version id is known once the version row exists; `refit` sets it then.
+    return fit_suggestion_model(0, backbone_id, centroids, categories, shares, settings, labelled)
+
+
 def make_current(
     session: Session,
     backbone_id: str,
@@ -217,10 +233,12 @@ def make_current(
     n: int,
     fit_seconds: float,
     algorithm: str,
+    model: SuggestionModel | None = None,
 ) -> int:
     """Store the new version and make it the only current one of its backbone (same transaction)."""
     k = len(centroids)
     _categories, _shares, summary = cluster_label_shares(scores.assigned, scores.labels, k)
+    estimate = model.threshold if model is not None else None
     session.execute(
         update(ClusteringVersion)
         .where(ClusteringVersion.backbone_id == backbone_id, ClusteringVersion.is_current)
@@ -241,6 +259,12 @@ def make_current(
         fit_seconds=round(fit_seconds, 3),
         algorithm=algorithm,
         is_current=True,
+        suggestion_method=model.method if model is not None else None,
+        suggestion_model=model.fitted.dumps() if model is not None and model.fitted is not None else None,
+        target_precision=estimate.target_precision if estimate else None,
+        threshold=estimate.threshold if estimate else None,
+        estimated_precision=estimate.estimated_precision if estimate else None,
+        estimated_coverage=estimate.estimated_coverage if estimate else None,
     )
     session.add(version)
     session.flush()

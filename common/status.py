@@ -83,6 +83,12 @@ CLUSTERING_KEYS = (
     "fit_seconds",
     "created_at",
     "age_seconds",
+    "method",
+    "target_precision",
+    "threshold",
+    "estimated_precision",
+    "estimated_coverage",
+    "threshold_override",
 )
 
 
@@ -163,6 +169,14 @@ def database_section(session: Session, settings: Settings, snapshot: Snapshot) -
             "fit_seconds": version.fit_seconds,
             "created_at": version.created_at.isoformat(),
             "age_seconds": round((now - version.created_at).total_seconds(), 1),
+            # The auto-accept threshold the refit estimated for the target precision, and what
+            # cross-validation expects of it; a configured override replaces it in `needs_review`.
+            "method": version.suggestion_method,
+            "target_precision": version.target_precision,
+            "threshold": version.threshold,
+            "estimated_precision": version.estimated_precision,
+            "estimated_coverage": version.estimated_coverage,
+            "threshold_override": settings.confidence_threshold,
         }
     last = session.execute(
         select(ClusteringVersion.id, ClusteringVersion.fit_seconds, ClusteringVersion.created_at)

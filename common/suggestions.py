@@ -20,7 +20,7 @@ from common.db import Database
 from common.embeddings import current_version, iter_embeddings
 from common.models import ClusteringVersion, Embedding, Listing, ListingStatus, Suggestion
 from common.sampling import stable_fraction
-from common.suggest import SuggestionModel, model_for_clusters
+from common.suggest import Fitted, LabelledSet, SuggestionModel, model_for_clusters
 
 KNN_REFERENCE_LIMIT = 50_000
 # Postgres accepts at most 65,535 bind parameters per statement; 1,000 rows stay well below.
@@ -35,14 +35,51 @@ class ReviewReason(StrEnum):
     audit_sample = "audit_sample"  # confident and agreed, picked to measure confident errors
 
 
+# The threshold when a clustering version has no estimate (made before estimates, or with too few
+# labelled listings) and none is configured.
+DEFAULT_CONFIDENCE_THRESHOLD = 0.6
+
+
+def acceptance_threshold(model: SuggestionModel, settings: Settings) -> float:
+    """The configured override, else the version's estimate for the target precision, else the default."""
+    if settings.confidence_threshold is not None:
+        return settings.confidence_threshold
+    if model.threshold is not None:
+        return model.threshold.threshold
+    return DEFAULT_CONFIDENCE_THRESHOLD
+
+
+def disagreement_threshold(threshold: float) -> float:
+    """The confidence at which an out-of-fold suggestion that contradicts the seller is flagged.
+
+    The acceptance threshold, but never above the default: the threshold is estimated against
+    the sellers' own labels, and their wrong ones cap the precision it can show, so the more
+    sellers err the higher it climbs (or no threshold reaches the target at all), which would
+    silence exactly the flags that catch them.
+    """
+    return min(threshold, DEFAULT_CONFIDENCE_THRESHOLD)
+
+
 def review_reason(
-    listing_id: int, category: str | None, confidence: float, seller_category: str | None, settings: Settings
+    listing_id: int,
+    category: str | None,
+    confidence: float,
+    seller_category: str | None,
+    settings: Settings,
+    threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
 ) -> ReviewReason | None:
-    """Why this suggestion goes to a moderator, or None when it is accepted without one."""
-    if category is None or confidence < settings.confidence_threshold:
+    """Why this suggestion goes to a moderator, or None when it is accepted without one.
+
+    The suggestion of a labelled listing is out of fold (it never learnt from its own label), so
+    a confident one that differs from the seller's category is evidence the seller chose wrong.
+    """
+    if category is None:
         return ReviewReason.low_confidence
-    if seller_category is not None and seller_category != category:
+    disagrees = seller_category is not None and seller_category != category
+    if disagrees and confidence >= disagreement_threshold(threshold):
         return ReviewReason.seller_disagrees
+    if confidence < threshold:
+        return ReviewReason.low_confidence
     # Salted, so that the audited listings are not the ones sampled for overlays.
     if stable_fraction(f"audit:{listing_id}") < settings.review_audit_rate:
         return ReviewReason.audit_sample
@@ -84,9 +121,47 @@ def explanation_wanted(rows: Iterable[SuggestionRow], sample_rate: float) -> lis
     )
 
 
-def build_suggestion_model(
-    session: Session, version: ClusteringVersion, settings: Settings
-) -> SuggestionModel:
+def labelled_set(
+    session: Session, backbone_id: str, chunk: int, categories: list[str], limit: int = KNN_REFERENCE_LIMIT
+) -> LabelledSet:
+    """The labelled listings (at most `limit`) with their vectors, category indices and titles.
+
+    Labels outside `categories` (newer than the clustering version) wait for the next refit.
+    """
+    index = {c: i for i, c in enumerate(categories)}
+    ids: list[np.ndarray] = []
+    vectors: list[np.ndarray] = []
+    labels: list[int] = []
+    titles: list[str | None] = []
+    for chunk_ids, chunk_vectors, chunk_labels in iter_embeddings(
+        session, backbone_id, chunk, labelled_only=True
+    ):
+        ids.append(chunk_ids)
+        vectors.append(chunk_vectors)
+        labels.extend(index.get(label, -1) if label is not None else -1 for label in chunk_labels)
+        known: dict[int, str | None] = {
+            listing_id: title
+            for listing_id, title in session.execute(
+                select(Listing.id, Listing.title).where(Listing.id.in_(chunk_ids.tolist()))
+            )
+        }
+        titles.extend(known.get(int(i)) for i in chunk_ids)
+        if len(labels) >= limit:
+            break
+    if not ids:
+        empty = np.zeros(0, dtype=np.int64)
+        return LabelledSet(empty, np.zeros((0, 0), dtype=np.float32), empty, [])
+    keep = np.array(labels[:limit], dtype=np.int64) >= 0
+    return LabelledSet(
+        np.concatenate(ids)[:limit][keep],
+        np.concatenate(vectors)[:limit][keep],
+        np.array(labels[:limit], dtype=np.int64)[keep],
+        [title for title, kept in zip(titles[:limit], keep, strict=True) if kept],
+    )
+
+
+def version_categories(version: ClusteringVersion) -> tuple[list[str], np.ndarray]:
+    """The version's categories and each cluster's category shares, from its stored counts."""
     categories = sorted({c for cluster in version.cluster_categories for c in cluster["counts"]})
     index = {c: i for i, c in enumerate(categories)}
     shares = np.zeros((version.k, len(categories)))
@@ -94,23 +169,31 @@ def build_suggestion_model(
         total = sum(cluster["counts"].values())
         for category, n in cluster["counts"].items():
             shares[i, index[category]] = n / total
+    return categories, shares
+
+
+def build_suggestion_model(
+    session: Session, version: ClusteringVersion, settings: Settings
+) -> SuggestionModel:
+    """The model the refit fitted for this version; the knn reference read back from Postgres."""
+    categories, shares = version_categories(version)
+    fitted = Fitted.loads(version.suggestion_model) if version.suggestion_model is not None else None
+    method = fitted.method if fitted is not None else settings.suggestion_method
     reference = None
-    if settings.suggestion_method == "knn" and categories:
-        vectors: list[np.ndarray] = []
-        labels: list[int] = []
-        for _ids, chunk, chunk_labels in iter_embeddings(
-            session, version.backbone_id, settings.refit_chunk, labelled_only=True
-        ):
-            vectors.append(chunk)
-            labels.extend(index.get(label, -1) if label is not None else -1 for label in chunk_labels)
-            if len(labels) >= KNN_REFERENCE_LIMIT:
-                break
-        if vectors:
-            label_array = np.array(labels[:KNN_REFERENCE_LIMIT])
-            keep = label_array >= 0  # labels newer than the version's categories wait a refit
-            reference = (np.concatenate(vectors)[:KNN_REFERENCE_LIMIT][keep], label_array[keep])
+    # Only knn reads the reference (also the image fallback of a method with no fitted probe).
+    if categories and (
+        method == "knn" or (method in ("linear", "fused") and (fitted is None or fitted.image is None))
+    ):
+        reference = labelled_set(session, version.backbone_id, settings.refit_chunk, categories)
     return model_for_clusters(
-        version.id, version.backbone_id, version.centroid_matrix(), categories, shares, settings, reference
+        version.id,
+        version.backbone_id,
+        version.centroid_matrix(),
+        categories,
+        shares,
+        settings,
+        reference,
+        fitted,
     )
 
 
@@ -150,11 +233,13 @@ def upsert_suggestions(
     if not ids:
         return []
     sellers: dict[int, str | None] = {}
+    titles: dict[int, str | None] = {}
     reviewed = set()
-    for listing_id, status, seller_category in session.execute(
-        select(Listing.id, Listing.status, Listing.seller_category).where(Listing.id.in_(ids))
+    for listing_id, status, seller_category, title in session.execute(
+        select(Listing.id, Listing.status, Listing.seller_category, Listing.title).where(Listing.id.in_(ids))
     ):
         sellers[listing_id] = seller_category
+        titles[listing_id] = title
         if status == ListingStatus.reviewed:
             reviewed.add(listing_id)
     # Locked until the commit, so an overlay recorded meanwhile is not overwritten unseen.
@@ -176,11 +261,13 @@ def upsert_suggestions(
         )
     }
     rows, results = [], []
-    for listing_id, scored in zip(ids, model.score(vectors), strict=True):
+    threshold = acceptance_threshold(model, settings)
+    scores = model.score(vectors, [titles.get(i) for i in ids], ids)
+    for listing_id, scored in zip(ids, scores, strict=True):
         if listing_id in reviewed:
             continue
         reason = review_reason(
-            listing_id, scored.category, scored.confidence, sellers.get(listing_id), settings
+            listing_id, scored.category, scored.confidence, sellers.get(listing_id), settings, threshold
         )
         needs_review = reason is not None
         old = previous.get(listing_id)
@@ -196,6 +283,7 @@ def upsert_suggestions(
                 "category": scored.category,
                 "confidence": round(scored.confidence, 6),
                 "alternatives": scored.alternatives,
+                "signals": scored.signals or None,
                 "method": model.method,
                 "needs_review": needs_review,
                 "review_reason": reason,
@@ -245,18 +333,24 @@ def _upsert_rows(session: Session, rows: list[dict[str, object]]) -> None:
 
 
 def reassign_suggestions(
-    db: Database, settings: Settings, backbone_id: str, lineage: Lineage | None = None
+    db: Database,
+    settings: Settings,
+    backbone_id: str,
+    lineage: Lineage | None = None,
+    model: SuggestionModel | None = None,
 ) -> tuple[int, list[int], list[str]]:
     """Suggest under the current version for every embedded listing, one transaction per chunk.
 
+    `model`: the current version's model when the caller (the refit) already has it.
     Returns how many suggestions were written, which listings want an explanation, and the
     object keys of overlays that no longer explain their decision (to be deleted).
     """
-    with db.transaction() as session:
-        version = current_version(session, backbone_id)
-        if version is None:
-            return 0, [], []
-        model = build_suggestion_model(session, version, settings)
+    if model is None:
+        with db.transaction() as session:
+            version = current_version(session, backbone_id)
+            if version is None:
+                return 0, [], []
+            model = build_suggestion_model(session, version, settings)
     total, explain, dropped = 0, list[int](), list[str]()
     last_id = 0
     while True:

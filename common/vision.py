@@ -18,11 +18,11 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors import SafetensorError
 from timm.data import create_transform, resolve_data_config
 
-from common.config import ConfigError, Settings
+from common.config import DEFAULT_CROP, ConfigError, Settings
 from common.imaging import ImageRejected, LoadedImage
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,37 @@ def create_model(
     return model.eval(), True
 
 
+def crop_data_config(model: TimmModel, crop: str) -> dict[str, Any]:
+    """timm's data config for this model (input size, interpolation, crop, mean and std).
+
+    `center`: exactly timm's, which resizes the shorter side and cuts the centre square.
+    `full`: the photo is padded to a square first (`pad_to_square`), then resized whole
+    (crop_pct 1.0), so nothing of a wide or tall product is cut; every other constant is timm's.
+    """
+    config = resolve_data_config({}, model=model)
+    if crop == "full":
+        config["crop_pct"] = 1.0
+    elif crop != "center":
+        raise ConfigError(f"VITRINE_CROP: unknown crop {crop!r}; choose center or full")
+    return config
+
+
+def pad_to_square(image: Image.Image) -> Image.Image:
+    """The photo centred on a square of its own background colour: the median of its border.
+
+    Product photos mostly sit on a plain background; padding with it adds no edge the model
+    could mistake for part of the product.
+    """
+    width, height = image.size
+    if width == height:
+        return image
+    rgb = np.asarray(image.convert("RGB"))
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    colour = tuple(int(c) for c in np.median(border, axis=0))
+    side = max(width, height)
+    return ImageOps.pad(image.convert("RGB"), (side, side), color=colour, centering=(0.5, 0.5))
+
+
 @dataclass
 class Backbone:
     """A loaded model with its own preprocessing; `embed` turns photos into unit vectors."""
@@ -102,6 +133,7 @@ class Backbone:
     transform: Any
     dim: int
     pretrained: bool = True
+    crop: str = DEFAULT_CROP
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -113,6 +145,7 @@ class Backbone:
         *,
         allow_random: bool = False,
         with_classifier: bool = False,
+        crop: str = DEFAULT_CROP,
     ) -> Backbone:
         model, pretrained = create_model(
             name,
@@ -125,17 +158,19 @@ class Backbone:
         digest = _weights_digest(model, classifier)
         if torch_device.type == "cuda":
             model = model.to(torch_device, memory_format=torch.channels_last)
-        # timm's data config for this model: input size, interpolation, crop, mean and std.
-        data_config = resolve_data_config({}, model=model)
+        data_config = crop_data_config(model, crop)
         tag = digest[:16] if pretrained else f"random-{digest[:8]}"
+        # The crop is part of the id: vectors of the same photo under two crops never mix.
+        suffix = "" if crop == "center" else f"/{crop}"
         return cls(
             name=name,
             model=model,
             device=torch_device,
-            backbone_id=f"{name}@{tag}",
+            backbone_id=f"{name}@{tag}{suffix}",
             transform=create_transform(**data_config, is_training=False),
             dim=int(model.num_features),
             pretrained=pretrained,
+            crop=crop,
         )
 
     @classmethod
@@ -148,17 +183,20 @@ class Backbone:
             settings.device,
             allow_random=allow_random,
             with_classifier=with_classifier,
+            crop=settings.crop,
         )
 
     @cached_property
     def min_side(self) -> int:
         """The shorter side timm's eval transform resizes a photo to: decoding more is waste."""
-        config = resolve_data_config({}, model=self.model)
+        config = crop_data_config(self.model, self.crop)
         size = max(config["input_size"][1:])
         return math.ceil(size / float(config.get("crop_pct") or 1.0))
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """timm's eval transform for this model: one photo → one input tensor."""
+        if self.crop == "full":
+            image = pad_to_square(image)
         return self.transform(image)
 
     def autocast(self) -> Any:

@@ -277,6 +277,8 @@ def summarise(runtime: Runtime, published: list[PublishedPhoto], result: RefitRe
             .where(Listing.external_id.in_(ids))
         ).all()
     judged = [(row[3], held_back[row[0]]) for row in rows if row[0] in held_back and row[3] is not None]
+    # Auto-accepted (no review needed) among the held-back listings, and how often they are right.
+    accepted = [(row[3], held_back[row[0]]) for row in rows if row[0] in held_back and row[4] is False]
     return {
         "listings": len(rows),
         "by_status": dict(Counter(row[1] for row in rows)),
@@ -285,6 +287,10 @@ def summarise(runtime: Runtime, published: list[PublishedPhoto], result: RefitRe
         "overlays": sum(1 for row in rows if row[5]),
         "held_back": len(held_back),
         "accuracy_held_back": sum(s == t for s, t in judged) / len(judged) if judged else None,
+        "coverage_held_back": len(accepted) / len(held_back) if held_back else None,
+        "realised_precision_held_back": sum(s == t for s, t in accepted) / len(accepted)
+        if accepted
+        else None,
         "ari": result.ari,
         "nmi": result.nmi,
         "clustering_version": result.version_id,

@@ -56,6 +56,7 @@ def publish_folder(
     labels: Path | None,
     *,
     label_column: str = "category",
+    title_column: str | None = None,
     limit: int | None = None,
     seller_share: float = 0.5,
     advance: Callable[[int], None] | None = None,
@@ -64,6 +65,7 @@ def publish_folder(
     settings = runtime.settings
     paths = list_images(images, limit)
     categories = read_labels(labels, label_column) if labels else {}
+    titles = read_labels(labels, title_column) if labels and title_column else {}
     runtime.store.ensure_bucket(settings.images_bucket)
     outcomes: dict[str, int] = {}
     published: list[PublishedPhoto] = []
@@ -77,6 +79,7 @@ def publish_folder(
                     listing_id=path.stem,
                     image_url=runtime.store.upload_photo(settings.images_bucket, path),
                     seller_category=category if given else None,
+                    title=titles.get(path.name),
                 )
             )
             published.append(PublishedPhoto(path.stem, category, given))

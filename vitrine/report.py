@@ -24,6 +24,7 @@ CAPTIONS = {
     "confusion": "Categories × clusters, best setting",
     "tsne": "t-SNE, coloured by category",
     "clusters": "Sample photos per cluster, best setting",
+    "calibration": "Reliability of the confidence (first split), with the expected calibration error",
 }
 
 
@@ -151,6 +152,30 @@ def clusters_figure(out: Path, best: dict[str, Any], dataset: Dataset) -> str:
     return _save(fig, out / "clusters.png")
 
 
+def calibration_figure(out: Path, suggestions: list[dict[str, Any]]) -> str:
+    """Reliability diagram: per confidence bin, the share of suggestions that were right."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for row in suggestions:
+        bins = row.get("calibration") or []
+        if not bins:
+            continue
+        ax.plot(
+            [b["confidence"] for b in bins],
+            [b["accuracy"] for b in bins],
+            marker="o",
+            label=f"{row['model']} / {row['method']} (ECE {row['ece']:.3f})",
+        )
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("share right (held-out half)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("Reliability diagram")
+    return _save(fig, out / "calibration.png")
+
+
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
@@ -187,9 +212,22 @@ def write_html(out: Path, report: dict[str, Any]) -> Path:
                 "n_labelled",
                 "n_held_out",
                 "mean_confidence",
-                "share_above_threshold",
-                "accuracy_above_threshold",
+                "ece",
+                "threshold",
+                "estimated_precision",
+                "realised_precision",
+                "estimated_coverage",
+                "coverage_at_target",
             ],
+        ),
+        "<h2>Sellers' wrong categories caught (seller_disagrees)</h2>",
+        _table(
+            report.get("seller_noise", []),
+            ["model", "method", "noise", "flag_precision", "flag_recall", "flagged", "replaced", "accuracy"],
+        ),
+        "<h2>Crops</h2>",
+        _table(
+            report.get("crops", []), ["model", "crop", "ari", "ari_std", "method", "accuracy", "accuracy_std"]
         ),
     ]
     for key, caption in CAPTIONS.items():

@@ -172,7 +172,9 @@ def test_each_flagged_suggestion_says_why(db: Database, settings: Settings, clea
     mislabelled = ids[2]
     with db.transaction() as session:
         session.get(Listing, mislabelled).seller_category = CATEGORIES[1]  # type: ignore[union-attr]
-    # Everything confident but unlabelled would be audited at rate 1; nothing at rate 0.
+    # Everything confident but unlabelled would be audited at rate 1; nothing at rate 0. kNN:
+    # on these blobs every other listing's neighbours agree, so only the mislabelled one stands out.
+    settings = settings.model_copy(update={"suggestion_method": "knn"})
     for rate in (0.0, 1.0):
         refit(db, settings.model_copy(update={"review_audit_rate": rate}))
         with db.transaction() as session:
@@ -185,14 +187,15 @@ def test_each_flagged_suggestion_says_why(db: Database, settings: Settings, clea
         others = {reason for listing_id, reason in reasons.items() if listing_id != mislabelled}
         assert others == ({None} if rate == 0.0 else {ReviewReason.audit_sample})
 
-    # Below the threshold, low confidence is the reason, whatever the seller said.
+    # Below the threshold, low confidence is the reason for everything else.
     refit(db, settings.model_copy(update={"confidence_threshold": 1.0}))
     with db.transaction() as session:
         rows = session.execute(
             select(Suggestion.listing_id, Suggestion.confidence, Suggestion.review_reason)
         ).all()
     doubtful = {listing_id: reason for listing_id, confidence, reason in rows if confidence < 1.0}
-    assert mislabelled in doubtful
+    # A confident contradiction of the seller is still called that, however high the threshold.
+    assert doubtful.pop(mislabelled) == ReviewReason.seller_disagrees
     assert set(doubtful.values()) == {ReviewReason.low_confidence}
 
 
@@ -319,3 +322,44 @@ def test_knn_scoring_in_blocks_matches_scoring_at_once(monkeypatch: pytest.Monke
     in_blocks = model.category_probabilities(vectors)
     assert np.allclose(at_once, in_blocks)
     assert np.allclose(in_blocks.sum(axis=1), 1.0)
+
+
+def test_refit_fits_the_fused_model_stores_its_threshold_and_each_signal(
+    db: Database, settings: Settings, clean_db: None
+) -> None:
+    vectors, truth = blobs(30)
+    ids = insert_rows(db, vectors, truth)
+    untitled = ids[1]
+    with db.transaction() as session:
+        for listing_id, category in zip(ids, truth, strict=True):
+            if listing_id != untitled:
+                session.get(Listing, listing_id).title = f"a fine {category[:-1]} no {listing_id}"  # type: ignore[union-attr]
+    fused = settings.model_copy(update={"suggestion_method": "fused", "review_audit_rate": 0.0})
+
+    result = refit(db, fused)
+
+    with db.transaction() as session:
+        version = session.get(ClusteringVersion, result.version_id)
+        assert version is not None and version.suggestion_method == "fused"
+        assert version.target_precision == fused.target_precision
+        assert version.threshold is not None and 0.0 < version.threshold <= 1.0
+        assert (
+            version.estimated_precision is not None and version.estimated_precision >= fused.target_precision
+        )
+        assert version.estimated_coverage is not None and version.estimated_coverage > 0.5
+        suggestions = {s.listing_id: s for s in session.execute(select(Suggestion)).scalars()}
+        assert {s.method for s in suggestions.values()} == {"fused"}
+        assert set(suggestions[ids[0]].signals or {}) == {"image", "title"}
+        assert set(suggestions[untitled].signals or {}) == {"image"}  # no title: the photo alone
+        assert suggestions[ids[0]].signals["title"]["category"] == truth[0]  # type: ignore[index]
+        assert all(s.needs_review == (s.confidence < version.threshold) for s in suggestions.values())
+        # A worker loads the same fitted model from the version and suggests the same.
+        from common.suggestions import load_suggestion_model
+
+        model = load_suggestion_model(session, BACKBONE, fused)
+        assert model is not None and model.version_id == version.id
+        titles = [session.get(Listing, i).title for i in ids]  # type: ignore[union-attr]
+        again = model.score(vectors, titles, ids)
+    for listing_id, scored in zip(ids, again, strict=True):
+        assert scored.category == suggestions[listing_id].category
+        assert scored.confidence == pytest.approx(suggestions[listing_id].confidence, abs=1e-5)

@@ -86,6 +86,11 @@ def known_state(clean_db: None, settings: Settings, db: Database) -> dict[str, i
             fit_seconds=2.5,
             algorithm="kmeans",
             is_current=True,
+            suggestion_method="knn",
+            target_precision=0.95,
+            threshold=0.83,
+            estimated_precision=0.951,
+            estimated_coverage=0.64,
             created_at=now - timedelta(hours=1),
         )
         session.add_all([old, current])
@@ -168,6 +173,13 @@ def test_status_json_reports_the_known_state(
         2,
     )
     assert 3500 < clustering["age_seconds"] < 3700
+    assert (clustering["method"], clustering["target_precision"], clustering["threshold"]) == (
+        "knn",
+        0.95,
+        0.83,
+    )
+    assert (clustering["estimated_precision"], clustering["estimated_coverage"]) == (0.951, 0.64)
+    assert clustering["threshold_override"] is None
     assert report["last_refit"]["version"] == known_state["current"]
     assert report["last_refit"]["seconds"] == 2.5
     assert report["embeddings"] == {"total": 3, "last_300s": 2}
@@ -185,7 +197,15 @@ def test_status_without_clustering_still_has_the_keys(
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["clustering"]["version"] is None
-    assert {"version", "ari", "nmi", "stability"} <= set(report["clustering"])
+    assert {
+        "version",
+        "ari",
+        "nmi",
+        "stability",
+        "threshold",
+        "estimated_precision",
+        "estimated_coverage",
+    } <= set(report["clustering"])
     assert report["listings_by_status"]["queued"] == 0
 
 
@@ -285,6 +305,10 @@ def test_metrics_endpoint_serves_the_known_state(
         ("vitrine_clustering_ari", backbone): 0.75,
         ("vitrine_clustering_nmi", backbone): 0.8,
         ("vitrine_clustering_stability_ari", backbone): 0.9,
+        ("vitrine_clustering_target_precision", backbone): 0.95,
+        ("vitrine_clustering_threshold", backbone): 0.83,
+        ("vitrine_clustering_estimated_precision", backbone): 0.951,
+        ("vitrine_clustering_estimated_coverage", backbone): 0.64,
         ("vitrine_refit_last_duration_seconds", ()): 2.5,
     }
     for key, value in expected.items():

@@ -28,8 +28,12 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("evaluation")
     labels = read_labels(LABELS, "category")
     paths = list_images(IMAGES)
+    titles = read_labels(LABELS, "product_name")
     # A stratified sample of 126 photos (18 per category); seeds=2 keeps t-SNE cheap.
-    result = evaluate(paths, labels, [LITE0], out, SETTINGS, limit=126, seeds=2, device="cpu")
+    result = evaluate(
+        paths, labels, [LITE0], out, SETTINGS, limit=126, seeds=2, device="cpu", titles=titles,
+        cache=out / "cache",
+    )  # fmt: skip
     return result, out
 
 
@@ -47,16 +51,34 @@ def test_report_has_every_setting_and_figure(report: tuple[dict, Path]) -> None:
         assert -1.0 <= row["ari"] <= 1.0 and 0.0 <= row["nmi"] <= 1.0
     tsne = next(r for r in result["results"] if r["reduction"] == "tsne")
     assert tsne["dim"] == 2
-    assert {(s["model"], s["method"]) for s in result["suggestions"]} == {
-        ("efficientnet_lite0", "centroid"),
-        ("efficientnet_lite0", "knn"),
-    }
+    methods = ("centroid", "knn", "linear", "title", "fused")
+    assert [(s["model"], s["method"]) for s in result["suggestions"]] == [
+        ("efficientnet_lite0", method) for method in methods
+    ]
+    for row in result["suggestions"]:
+        assert 0.0 <= row["coverage_at_target"] <= 1.0 and 0.0 <= row["ece"] <= 1.0
+        assert row["realised_precision"] is None or 0.0 <= row["realised_precision"] <= 1.0
+        assert row["calibration"] and sum(b["n"] for b in row["calibration"]) == 63  # the held-out half
+    assert [(r["method"], r["noise"]) for r in result["seller_noise"]] == [
+        (method, noise) for method in methods for noise in (0.1, 0.2)
+    ]
+    # 10 % and 20 % of the 63 labelled listings were given a wrong category.
+    assert [r["replaced"] for r in result["seller_noise"][:2]] == [6, 13]
+    # The configured crop (the default, full) is embedded first; both are compared.
+    assert sorted((c["crop"], c["model"]) for c in result["crops"]) == [
+        ("center", "efficientnet_lite0"),
+        ("full", "efficientnet_lite0"),
+    ]
+    assert all(-1.0 <= c["ari"] <= 1.0 and 0.0 <= c["accuracy"] <= 1.0 for c in result["crops"])
+    # One file of vectors per crop: a second run reads them instead of embedding again.
+    assert len(list((out / "cache").glob("*.npz"))) == 2
     assert result["unreadable"] == []
-    for name in ("ari.png", "confusion.png", "tsne.png", "clusters.png"):
+    figures = ("ari.png", "confusion.png", "tsne.png", "clusters.png", "calibration.png")
+    for name in figures:
         assert (out / name).stat().st_size > 5_000, name
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
-    assert all(f"src='{name}'" in page for name in ("ari.png", "confusion.png", "tsne.png", "clusters.png"))
+    assert all(f"src='{name}'" in page for name in figures)
     assert "efficientnet_lite0" in page
 
 
@@ -76,6 +98,8 @@ def test_clusters_match_categories_far_above_a_shuffled_control(report: tuple[di
     assert best["ari"] > np.mean(control) + 10 * np.std(control)
     accuracy = {s["method"]: s["accuracy"] for s in result["suggestions"]}
     assert min(accuracy.values()) > 2 / 7  # twice chance over 7 categories
+    # The titles name the product: reading them beats the photo alone.
+    assert accuracy["fused"] > accuracy["knn"]
 
 
 def test_unreadable_photos_are_listed_not_fatal(tmp_path: Path) -> None:
@@ -89,7 +113,14 @@ def test_unreadable_photos_are_listed_not_fatal(tmp_path: Path) -> None:
     labels["broken.jpg"] = "a"
 
     result = evaluate(
-        list_images(folder), labels, [LITE0], tmp_path / "out", SETTINGS, reductions=["none"], seeds=1
+        list_images(folder),
+        labels,
+        [LITE0],
+        tmp_path / "out",
+        SETTINGS,
+        reductions=["none"],
+        seeds=1,
+        crops=["center"],
     )
 
     assert result["n_images"] == 14

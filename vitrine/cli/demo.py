@@ -33,6 +33,7 @@ def demo(
     images: Annotated[Path | None, typer.Option(help="Folder of product photos.")] = None,
     labels: Annotated[Path | None, typer.Option(help="CSV with columns image and a category.")] = None,
     label_column: str = "category",
+    title_column: Annotated[str | None, typer.Option(help="Listing-title column of the labels file.")] = None,
     limit: Annotated[int | None, typer.Option(min=1)] = None,
     seller_share: Annotated[float, typer.Option(min=0, max=1)] = 0.5,
     stop: Annotated[bool, typer.Option("--stop", help="Stop what a previous demo started.")] = False,
@@ -58,7 +59,13 @@ def demo(
     try:
         try:
             published, outcomes = publish_folder(
-                runtime, images, labels, label_column=label_column, limit=limit, seller_share=seller_share
+                runtime,
+                images,
+                labels,
+                label_column=label_column,
+                title_column=title_column,
+                limit=limit,
+                seller_share=seller_share,
             )
         except FolderError as error:
             raise typer.BadParameter(str(error)) from None
@@ -180,6 +187,12 @@ def _print_summary(
         console.print(
             f"suggestion accuracy on {summary['held_back']} listings published without their category: "
             f"{accuracy:.3f}"
+        )
+    coverage, precision = summary["coverage_held_back"], summary["realised_precision_held_back"]
+    if isinstance(coverage, float):
+        console.print(
+            f"auto-accepted without review: {coverage:.1%} of them, right on "
+            f"{'–' if precision is None else f'{precision:.1%}'} (target {settings.target_precision:.0%})"
         )
     console.print(
         f"{summary['needs_review']} suggestions need review; {summary['overlays']} Grad-CAM overlays in "

@@ -24,6 +24,15 @@ def evaluate(
         typer.Option(help="timm model, NAME or NAME=WEIGHTS (a local weights file); repeatable."),
     ],
     label_column: Annotated[str, typer.Option(help="Category column of the label file.")] = "category",
+    title_column: Annotated[
+        str | None, typer.Option(help="Listing-title column of the label file (title and fused methods).")
+    ] = None,
+    crops: Annotated[
+        str, typer.Option(help="Comma-separated crops to compare: center, full.")
+    ] = "center,full",
+    cache: Annotated[
+        Path | None, typer.Option(help="Folder keeping embeddings between runs (per backbone and crop).")
+    ] = None,
     reductions: Annotated[str, typer.Option(help="Comma-separated: none, pca, tsne.")] = "none,pca,tsne",
     k: Annotated[int | None, typer.Option(min=2, help="Clusters (default: number of categories).")] = None,
     seeds: Annotated[int, typer.Option(min=1, help="KMeans seeds per setting.")] = 3,
@@ -40,6 +49,7 @@ def evaluate(
 
     try:
         label_map = read_labels(labels, label_column)
+        title_map = read_labels(labels, title_column) if title_column else None
         paths = list_images(images)
     except FolderError as error:
         raise typer.BadParameter(str(error)) from None
@@ -70,6 +80,9 @@ def evaluate(
                 device=device,
                 batch_size=batch_size,
                 progress=start,
+                titles=title_map,
+                crops=[c.strip() for c in crops.split(",") if c.strip()],
+                cache=cache,
             )
     except EvaluationError as error:
         raise typer.BadParameter(str(error)) from None
@@ -82,14 +95,45 @@ def evaluate(
             row["model"], row["reduction"], f"{row['ari']:.3f} ± {row['ari_std']:.3f}", f"{row['nmi']:.3f}"
         )
     console.print(table)
-    suggestions = Table(title="suggestions for held-out listings")
-    for column in ("model", "method", "accuracy"):
+    target = report["settings"]["target_precision"]
+    suggestions = Table(title=f"suggestions for held-out listings (target precision {target})")
+    for column in ("model", "method", "accuracy", "coverage", "precision est./real.", "ECE"):
         suggestions.add_column(column)
     for row in report["suggestions"]:
-        suggestions.add_row(row["model"], row["method"], f"{row['accuracy']:.3f} ± {row['accuracy_std']:.3f}")
+        suggestions.add_row(
+            row["model"],
+            row["method"],
+            f"{row['accuracy']:.3f} ± {row['accuracy_std']:.3f}",
+            _figure(row["coverage_at_target"]),
+            f"{_figure(row['estimated_precision'])} / {_figure(row['realised_precision'])}",
+            _figure(row["ece"]),
+        )
     console.print(suggestions)
+    noise = Table(title="sellers' wrong categories: seller_disagrees flags")
+    for column in ("model", "method", "noise", "precision", "recall", "accuracy"):
+        noise.add_column(column)
+    for row in report["seller_noise"]:
+        noise.add_row(
+            row["model"],
+            row["method"],
+            f"{row['noise']:.0%}",
+            _figure(row["flag_precision"]),
+            _figure(row["flag_recall"]),
+            _figure(row["accuracy"]),
+        )
+    console.print(noise)
+    crop_table = Table(title="crops")
+    for column in ("model", "crop", "ARI", "accuracy"):
+        crop_table.add_column(column)
+    for row in report["crops"]:
+        crop_table.add_row(row["model"], row["crop"], _figure(row["ari"]), _figure(row["accuracy"]))
+    console.print(crop_table)
     if report["unreadable"]:
         console.print(
             f"[yellow]{len(report['unreadable'])} unreadable images[/yellow] (listed in the report)"
         )
     console.print(f"report: {out / 'report.html'}")
+
+
+def _figure(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
