@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     model: str = DEFAULT_MODEL
     weights: Path | None = None
     device: str = "auto"
+    # fp32; int8 (CPU only: the Linear layers quantised dynamically, part of the backbone id so
+    # int8 and fp32 embeddings never share a clustering); bf16 (CUDA autocast). "auto": bf16 on
+    # CUDA, fp32 on CPU. Checked against the device when a worker starts.
+    precision: Literal["auto", "fp32", "int8", "bf16"] = "auto"
+    # torch's intra-op threads; unset: the CPUs this process may run on (not the host's count,
+    # which oversubscribes a container limited to a few of them).
+    torch_threads: int | None = Field(None, ge=1, le=1024)
     # Benchmarks only: without weights, embed with random ones instead of refusing to start.
     allow_random_weights: bool = False
     batch_size: int = Field(32, ge=1, le=4096)
