@@ -23,6 +23,10 @@ def bench_embed(
     n: Annotated[int, typer.Option(min=1, help="Listing events per measurement.")] = 64,
     batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     images: Annotated[Path | None, typer.Option(help="Photos to use; synthetic ones if omitted.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="fp32, int8 (CPU) or bf16 (CUDA); default VITRINE_PRECISION.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     log_dir: Path = Path(".vitrine/logs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -30,6 +34,8 @@ def bench_embed(
     from vitrine.benchmark import run_embed_benchmark
 
     settings = state(ctx).settings
+    if device:
+        settings = settings.model_copy(update={"device": device})
     log_dir.mkdir(parents=True, exist_ok=True)
     result = run_embed_benchmark(
         settings,
@@ -39,6 +45,7 @@ def bench_embed(
         batch_size=batch_size or settings.batch_size,
         images=images,
         log_dir=log_dir,
+        precision=precision,
     )
     if as_json:
         print(json.dumps(result.as_dict()))
