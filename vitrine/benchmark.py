@@ -8,6 +8,7 @@ preprocess + forward over the same images at the same batch size in a tight loop
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -26,8 +27,9 @@ from common.config import Settings, with_environment
 from common.db import drop_database, migrate
 from common.events import ListingEvent, publish_listings
 from common.imaging import LoadedImage, decode_image
-from common.models import Listing, ListingStatus
+from common.models import TERMINAL_STATUSES, Listing, ListingStatus
 from common.queues import EMBED_QUEUE
+from common.refit import refit
 from common.runtime import Runtime
 from common.vision import Backbone, embed_prepared, prepare_batch, set_torch_threads
 from vitrine.devservices import LocalServices, celery_worker, create_scratch_database, port_open, serve_bytes
@@ -351,3 +353,204 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@dataclass
+class LatencyRun:
+    """Milliseconds from publishing one listing to its committed suggestion, at one setting."""
+
+    batch_size: int
+    flush_interval: float
+    n: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+
+
+def percentiles(batch_size: int, flush_interval: float, latencies: list[float]) -> LatencyRun:
+    ms = np.asarray(latencies) * 1000
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+    return LatencyRun(
+        batch_size=batch_size,
+        flush_interval=flush_interval,
+        n=len(latencies),
+        p50_ms=round(float(p50), 1),
+        p95_ms=round(float(p95), 1),
+        p99_ms=round(float(p99), 1),
+        mean_ms=round(float(ms.mean()), 1),
+        max_ms=round(float(ms.max()), 1),
+    )
+
+
+def listing_latencies(
+    photos: list[bytes],
+    env: dict[str, str],
+    *,
+    batch_size: int,
+    flush_interval: float,
+    rate: float,
+    n: int,
+    log_path: Path,
+    label: str,
+) -> list[float]:
+    """Publish `n` listings one at a time, `rate` per second, to a real embed worker; seconds from
+    each publish call to the moment its suggestion is seen committed (polled every 10 ms).
+
+    A clustering must exist (`seed_clustering`), or listings stop at `embedded`.
+    """
+    worker_env = {
+        **env,
+        "VITRINE_BATCH_SIZE": str(batch_size),
+        "VITRINE_FLUSH_INTERVAL": str(flush_interval),
+    }
+    runtime = Runtime(with_environment(worker_env))
+    files = {f"{i}.jpg": data for i, data in enumerate(photos)}
+    try:
+        with (
+            serve_bytes(files) as base,
+            celery_worker(
+                [EMBED_QUEUE],
+                worker_env | {"VITRINE_FETCH_PRIVATE_HOSTS": base.removeprefix("http://")},
+                log_path,
+                f"latency-{uuid.uuid4().hex[:6]}@%h",
+            ),
+        ):
+
+            def event(listing_id: str, i: int) -> ListingEvent:
+                return ListingEvent(listing_id=listing_id, image_url=f"{base}/{i % len(photos)}.jpg")
+
+            # Warm-up: the model loads with the first batch, not inside the measurement.
+            warm = [event(f"warm-{label}-{i}", i) for i in range(2)]
+            publish_listings(runtime, warm)
+            warm_ids = [e.listing_id for e in warm]
+            _wait(lambda: _count(runtime, warm_ids, done=True) == len(warm_ids), 900, "the warm-up")
+            return _timed_publishing(runtime, [event(f"lat-{label}-{i}", i) for i in range(n)], rate)
+    finally:
+        runtime.close()
+
+
+def _timed_publishing(runtime: Runtime, events: list[ListingEvent], rate: float) -> list[float]:
+    published: dict[str, float] = {}
+    finished: dict[str, float] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            with lock:
+                waiting = [key for key in published if key not in finished]
+            if waiting:
+                with runtime.db.transaction() as session:
+                    done = session.execute(
+                        select(Listing.external_id, Listing.status).where(
+                            Listing.external_id.in_(waiting), Listing.status.in_(TERMINAL_STATUSES)
+                        )
+                    ).all()
+                now = time.perf_counter()
+                for key, status in done:
+                    if status == ListingStatus.failed:
+                        raise RuntimeError(f"latency listing {key} failed")
+                    finished[key] = now
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    started = time.perf_counter()
+    for i, item in enumerate(events):
+        time.sleep(max(0.0, started + i / rate - time.perf_counter()))
+        with lock:
+            published[item.listing_id] = time.perf_counter()
+        publish_listings(runtime, [item])
+    _wait(lambda: len(finished) == len(events) or not watcher.is_alive(), 600, "the latency listings")
+    stop.set()
+    watcher.join()
+    if len(finished) != len(events):
+        raise RuntimeError("the watcher stopped before every listing was suggested")
+    return [finished[key] - published[key] for key in published]
+
+
+def seed_clustering(photos: list[bytes], env: dict[str, str], log_path: Path, k: int = 2) -> None:
+    """A first clustering from labelled listings, so that new listings get their suggestion."""
+    runtime = Runtime(with_environment(env))
+    files = {f"{i}.jpg": data for i, data in enumerate(photos)}
+    try:
+        with (
+            serve_bytes(files) as base,
+            celery_worker(
+                [EMBED_QUEUE],
+                env | {"VITRINE_FETCH_PRIVATE_HOSTS": base.removeprefix("http://")},
+                log_path,
+                f"seed-{uuid.uuid4().hex[:6]}@%h",
+            ),
+        ):
+            events = [
+                ListingEvent(
+                    listing_id=f"seed-{i}", image_url=f"{base}/{i}.jpg", seller_category=f"category-{i % k}"
+                )
+                for i in range(len(photos))
+            ]
+            publish_listings(runtime, events)
+            ids = [e.listing_id for e in events]
+            _wait(lambda: _count(runtime, ids, done=True) == len(ids), 900, "the seed listings")
+        result = refit(runtime.db, runtime.settings, k=k)
+        if result.version_id is None:
+            raise RuntimeError(f"no clustering to suggest from: {result.skipped_reason}")
+    finally:
+        runtime.close()
+
+
+def run_latency_benchmark(
+    settings: Settings,
+    *,
+    model: str,
+    weights: Path | None,
+    n: int,
+    rate: float,
+    settings_to_compare: list[tuple[int, float]],
+    images: Path | None,
+    log_dir: Path,
+) -> list[LatencyRun]:
+    """Latency percentiles at each (batch size, flush interval), one after the other in one run,
+    against the same services, photos and clustering."""
+    photos = folder_photos(images, max(n, 16)) if images else synthetic_photos(max(n, 16))
+    local = LocalServices(Path(tempfile.mkdtemp(prefix="vitrine-latency-")))
+    database_url = None
+    runs = []
+    try:
+        broker_url = local.start_redis()
+        database_url = create_scratch_database(postgres_server(settings, local), "vitrine_latency")
+        migrate(database_url)
+        env = {
+            "VITRINE_DATABASE_URL": database_url,
+            "VITRINE_BROKER_URL": broker_url,
+            "VITRINE_MODEL": model,
+            "VITRINE_WEIGHTS": str(weights) if weights else "",
+            "VITRINE_ALLOW_RANDOM_WEIGHTS": "0" if weights else "1",
+            "VITRINE_DEVICE": settings.device,
+            "VITRINE_PRECISION": settings.precision,
+            # Nothing but the embed step: no overlay requests, no audit sample.
+            "VITRINE_EXPLAIN_SAMPLE_RATE": "0",
+            "VITRINE_REVIEW_AUDIT_RATE": "0",
+            "VITRINE_CONFIDENCE_THRESHOLD": "0",
+        }
+        seed_clustering(photos[:16], env, log_dir / "latency-seed.log")
+        for batch_size, flush_interval in settings_to_compare:
+            label = f"b{batch_size}-f{flush_interval}"
+            latencies = listing_latencies(
+                photos,
+                env,
+                batch_size=batch_size,
+                flush_interval=flush_interval,
+                rate=rate,
+                n=n,
+                log_path=log_dir / f"latency-{label}.log",
+                label=label,
+            )
+            runs.append(percentiles(batch_size, flush_interval, latencies))
+    finally:
+        if database_url:
+            drop_database(database_url)
+        local.stop()
+    return runs

@@ -68,3 +68,11 @@ def test_share_of_the_bf16_peak_uses_the_chip_table_or_the_given_peak() -> None:
 
 def test_the_script_is_executable() -> None:
     assert os.access(Path(ROOT / "benchmarks" / "gpu.sh"), os.X_OK)
+
+
+def test_latency_percentiles_are_in_milliseconds() -> None:
+    from vitrine.benchmark import percentiles
+
+    run = percentiles(32, 0.25, [0.1] * 98 + [1.0, 2.0])
+    assert (run.n, run.p50_ms, run.max_ms) == (100, 100.0, 2000.0)
+    assert run.p95_ms == 100.0 and 1000.0 <= run.p99_ms <= 2000.0
