@@ -25,7 +25,7 @@ from sklearn.model_selection import train_test_split
 from common.config import Settings
 from common.imaging import FailureReason, ImageRejected, LoadedImage, decode_image
 from common.suggest import SuggestionModel, cluster_label_shares, model_for_clusters
-from common.vision import Backbone, embed_prepared, prepare_batch
+from common.vision import Backbone, embed_prepared, prepare_batch, resolve_device, resolve_precision
 from vitrine import report as figures
 from vitrine.report import THUMBNAIL_SIZE, write_html
 
@@ -362,9 +362,11 @@ def evaluate(
     device: str = "auto",
     batch_size: int = 32,
     progress: ProgressFactory | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Embed the photos with each model, score clusters and suggestions, write OUT/report.*."""
     validate_options(models, reductions, seeds)
+    resolve_precision(precision, resolve_device(device))  # before any work, not after fp32
     dataset = select_images(paths, labels, limit)
     if not dataset.paths:
         raise EvaluationError("no image in the folder has a category in the label file")
@@ -373,11 +375,13 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     seed_list = list(range(seeds))
     study = Study()
-    for spec in models:
-        backbone = Backbone.load(spec.name, spec.weights, device)
+    # Another precision is measured beside fp32, on the same photos, in the same report.
+    precisions = ["fp32"] if precision == "fp32" else ["fp32", precision]
+    for spec, run_at in ((spec, p) for spec in models for p in precisions):
+        backbone = Backbone.load(spec.name, spec.weights, device, precision=run_at)
         study_model(
             study,
-            spec.label(models),
+            spec.label(models) + ("" if run_at == "fp32" else f" {run_at}"),
             backbone,
             dataset,
             reductions=reductions,
@@ -389,10 +393,28 @@ def evaluate(
         )
         del backbone  # one model in memory at a time
     report = build_report(study, dataset, k, seed_list, reductions, settings)
+    report["precision_cosine"] = [
+        precision_cosine(
+            study.features[spec.label(models)], study.features[f"{spec.label(models)} {precision}"]
+        )
+        | {"model": spec.label(models), "precision": precision}
+        for spec in models
+        if precision != "fp32"
+    ]
     report["figures"] = draw_figures(out, study, dataset)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     write_html(out, report)
     return report
+
+
+def precision_cosine(fp32: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """Cosine between each photo's fp32 and other-precision embeddings (both unit vectors)."""
+    cosines = (fp32 * other).sum(axis=1)
+    return {
+        "cosine_mean": round(float(cosines.mean()), 5),
+        "cosine_p05": round(float(np.percentile(cosines, 5)), 5),
+        "cosine_min": round(float(cosines.min()), 5),
+    }
 
 
 def build_report(
