@@ -55,7 +55,10 @@ class Settings(BaseSettings):
     batch_size: int = Field(32, ge=1, le=4096)
     # Grad-CAM keeps activations and gradients of the last stage: smaller batches than embedding.
     explain_batch_size: int = Field(16, ge=1, le=1024)
-    flush_interval: float = Field(1.0, gt=0, le=600)
+    # Under light load a listing waits for this timer, not for a full batch: 0.25 s keeps the
+    # p95 from publish to suggestion near 0.5 s on a 2-core CPU (docs/performance.md) while
+    # batches still fill at a few dozen listings per second.
+    flush_interval: float = Field(0.25, gt=0, le=600)
     decode_threads: int = Field(2, ge=1, le=64)
 
     # Safe fetching and decoding of listing photos
