@@ -45,12 +45,22 @@ class Settings(BaseSettings):
     model: str = DEFAULT_MODEL
     weights: Path | None = None
     device: str = "auto"
+    # fp32; int8 (CPU only: the Linear layers quantised dynamically, part of the backbone id so
+    # int8 and fp32 embeddings never share a clustering); bf16 (CUDA autocast). "auto": bf16 on
+    # CUDA, fp32 on CPU. Checked against the device when a worker starts.
+    precision: Literal["auto", "fp32", "int8", "bf16"] = "auto"
+    # torch's intra-op threads; unset: the CPUs this process may run on (not the host's count,
+    # which oversubscribes a container limited to a few of them).
+    torch_threads: int | None = Field(None, ge=1, le=1024)
     # Benchmarks only: without weights, embed with random ones instead of refusing to start.
     allow_random_weights: bool = False
     batch_size: int = Field(32, ge=1, le=4096)
     # Grad-CAM keeps activations and gradients of the last stage: smaller batches than embedding.
     explain_batch_size: int = Field(16, ge=1, le=1024)
-    flush_interval: float = Field(1.0, gt=0, le=600)
+    # Under light load a listing waits for this timer, not for a full batch: 0.25 s keeps the
+    # p95 from publish to suggestion near 0.5 s on a 2-core CPU (docs/performance.md) while
+    # batches still fill at a few dozen listings per second.
+    flush_interval: float = Field(0.25, gt=0, le=600)
     # `center`: timm's eval transform (resize, centre crop). `full`: the whole photo, padded to a
     # square with its background colour, then resized (see `common.vision.crop_data_config`).
     crop: Literal["center", "full"] = DEFAULT_CROP

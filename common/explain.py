@@ -24,7 +24,7 @@ from common.gradcam import Explanation, gradcam, has_classifier, render_pngs
 from common.imaging import Fault, ImageRejected, LoadedImage, http_client, load_image
 from common.models import ClusteringVersion, Listing, Suggestion
 from common.storage import OVERLAYS, STORAGE_ERRORS, ObjectStore
-from common.vision import Backbone
+from common.vision import Backbone, weights_id
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ def _plan(db: Database, listing_ids: Sequence[int], backbone: Backbone) -> tuple
                 # Keys are cleared whenever the decision changes: this one is still explained.
                 report.skipped.append(listing.id)
                 continue
-            if suggestion.backbone_id != backbone.backbone_id:
+            # The same weights at another precision (an int8 embed worker) explain the decision.
+            if weights_id(suggestion.backbone_id) != backbone.weights_id:
                 report.failed[listing.id] = (
                     f"backbone_mismatch: suggested by {suggestion.backbone_id}, "
                     f"explainer is {backbone.backbone_id}"

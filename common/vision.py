@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from contextlib import nullcontext
@@ -33,6 +35,13 @@ Source = TypeVar("Source")
 TimmModel = Any
 
 
+PRECISIONS = ("fp32", "int8", "bf16")
+# Precisions whose embeddings differ enough from fp32 that they never share a clustering with it.
+# bf16 autocast keeps fp32 weights and accumulation, and every embedding made on CUDA so far was
+# made with it, so it keeps the plain id.
+SEPARATE_ID_PRECISIONS = ("int8",)
+
+
 class WeightsUnavailable(ConfigError):
     """Neither the hub (or its cache) nor VITRINE_WEIGHTS provided pretrained weights."""
 
@@ -43,6 +52,57 @@ def resolve_device(requested: str) -> torch.device:
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"VITRINE_DEVICE: {requested!r} requested but CUDA is not available")
     return torch.device(requested)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """The precision a backbone runs at on `device`; a combination that cannot run is refused."""
+    if requested == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if requested == "int8" and device.type != "cpu":
+        raise ConfigError(
+            f"VITRINE_PRECISION: int8 (dynamic quantisation) runs on CPU only, not on {device}; "
+            "use bf16 or fp32"
+        )
+    if requested == "bf16" and device.type != "cuda":
+        raise ConfigError(f"VITRINE_PRECISION: bf16 is for CUDA, not {device}; on CPU use fp32 or int8")
+    if requested not in PRECISIONS:
+        raise ConfigError(f"VITRINE_PRECISION: {requested!r} is not one of {', '.join(PRECISIONS)}")
+    return requested
+
+
+def check_device(settings: Settings) -> tuple[torch.device, str]:
+    """Device and precision a worker will use, checked when it starts (before any model loads)."""
+    device = resolve_device(settings.device)
+    return device, resolve_precision(settings.precision, device)
+
+
+def set_torch_threads(threads: int | None) -> int:
+    """torch's intra-op threads: the setting, or the CPUs this process may run on.
+
+    torch's own default counts the host's cores, which oversubscribes a container limited to a
+    few of them; a worker process should use every core it has and no more.
+    """
+    count = threads or len(os.sched_getaffinity(0))
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return count
+
+
+def quantize_int8(model: TimmModel) -> TimmModel:
+    """Linear layers to int8 weights with activations quantised on the fly (CPU).
+
+    In timm's ConvNeXt the pointwise convolutions are `nn.Linear` and carry most of the FLOPs.
+    torch.ao's eager dynamic quantisation is deprecated in favour of torchao, but torchao's
+    equivalent is slower on CPU without torch.compile (docs/performance.md); the warning is
+    silenced here because the choice is made on those figures.
+    """
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def _weights_digest(model: torch.nn.Module, classifier: str | None) -> str:
@@ -134,6 +194,7 @@ class Backbone:
     dim: int
     pretrained: bool = True
     crop: str = DEFAULT_CROP
+    precision: str = "fp32"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -143,48 +204,64 @@ class Backbone:
         weights: Path | None = None,
         device: str = "auto",
         *,
+        precision: str = "auto",
         allow_random: bool = False,
         with_classifier: bool = False,
         crop: str = DEFAULT_CROP,
     ) -> Backbone:
+        torch_device = resolve_device(device)
+        precision = resolve_precision(precision, torch_device)
         model, pretrained = create_model(
             name,
             weights,
             allow_random=allow_random,
             with_classifier=with_classifier,
         )
-        torch_device = resolve_device(device)
         classifier = model.pretrained_cfg.get("classifier") if with_classifier else None
         digest = _weights_digest(model, classifier)
+        # timm's data config for this model (input size, interpolation, mean and std), with the crop.
+        data_config = crop_data_config(model, crop)
+        dim = int(model.num_features)
         if torch_device.type == "cuda":
             model = model.to(torch_device, memory_format=torch.channels_last)
-        data_config = crop_data_config(model, crop)
+        if precision == "int8":
+            model = quantize_int8(model)
         tag = digest[:16] if pretrained else f"random-{digest[:8]}"
-        # The crop is part of the id: vectors of the same photo under two crops never mix.
+        # The crop and the precision are part of the id: vectors of the same photo under two
+        # crops, or at int8 and fp32, never mix in one clustering.
         suffix = "" if crop == "center" else f"/{crop}"
+        suffix += f"+{precision}" if precision in SEPARATE_ID_PRECISIONS else ""
         return cls(
             name=name,
             model=model,
             device=torch_device,
             backbone_id=f"{name}@{tag}{suffix}",
             transform=create_transform(**data_config, is_training=False),
-            dim=int(model.num_features),
+            dim=dim,
             pretrained=pretrained,
             crop=crop,
+            precision=precision,
         )
 
     @classmethod
     def from_settings(
         cls, settings: Settings, *, allow_random: bool = False, with_classifier: bool = False
     ) -> Backbone:
+        set_torch_threads(settings.torch_threads)
         return cls.load(
             settings.model,
             settings.weights,
             settings.device,
+            precision=settings.precision,
             allow_random=allow_random,
             with_classifier=with_classifier,
             crop=settings.crop,
         )
+
+    @property
+    def weights_id(self) -> str:
+        """The id without its precision: the same weights, whatever precision they run at."""
+        return weights_id(self.backbone_id)
 
     @cached_property
     def min_side(self) -> int:
@@ -201,7 +278,7 @@ class Backbone:
 
     def autocast(self) -> Any:
         # bf16 on CUDA halves memory traffic; CPU stays fp32 (bf16 is slow on most CPUs).
-        if self.device.type == "cuda":
+        if self.precision == "bf16":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
@@ -226,6 +303,10 @@ class Backbone:
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.forward([self.prepare(image) for image in images])
+
+
+def weights_id(backbone_id: str) -> str:
+    return backbone_id.split("+", 1)[0]
 
 
 @dataclass

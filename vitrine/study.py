@@ -26,7 +26,7 @@ from common.config import Settings
 from common.imaging import FailureReason, ImageRejected, LoadedImage, decode_image
 from common.suggest import LabelledSet, SuggestionModel, cluster_label_shares, fit_suggestion_model
 from common.suggestions import ReviewReason, acceptance_threshold, review_reason
-from common.vision import Backbone, embed_prepared, prepare_batch
+from common.vision import Backbone, embed_prepared, prepare_batch, resolve_device, resolve_precision
 from vitrine import report as figures
 from vitrine.report import THUMBNAIL_SIZE, write_html
 
@@ -532,12 +532,13 @@ def study_model(
     device: str = "auto",
     crops: Sequence[str] = (),
     cache: Path | None = None,
+    precision: str = "fp32",
 ) -> None:
     """Embed the photos with one model; score its clusters per reduction, its suggestions by
     method, how it catches sellers' wrong categories, and its clusters and suggestions per crop."""
     features: np.ndarray | None = None
     for crop in [settings.crop, *[c for c in crops if c != settings.crop]]:
-        backbone = Backbone.load(spec.name, spec.weights, device, crop=crop)
+        backbone = Backbone.load(spec.name, spec.weights, device, precision=precision, crop=crop)
         started = time.perf_counter()
         advance = progress(f"embedding with {name} ({crop})", len(dataset.paths)) if progress else None
         crop_features = cached_embeddings(backbone, dataset.paths, settings, cache, batch_size, advance)
@@ -614,6 +615,7 @@ def evaluate(
     titles: dict[str, str] | None = None,
     crops: Sequence[str] = CROPS,
     cache: Path | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Embed the photos with each model, score clusters and suggestions, write OUT/report.*.
 
@@ -624,6 +626,7 @@ def evaluate(
     for crop in crops:
         if crop not in CROPS:
             raise EvaluationError(f"unknown crop {crop!r}; choose from {', '.join(CROPS)}")
+    resolve_precision(precision, resolve_device(device))  # before any work, not after fp32
     dataset = select_images(paths, labels, limit, titles=titles)
     if not dataset.paths:
         raise EvaluationError("no image in the folder has a category in the label file")
@@ -632,10 +635,13 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     seed_list = list(range(seeds))
     study = Study()
-    for spec in models:
+    # Another precision is measured beside fp32, on the same photos, in the same report (at the
+    # configured crop only: the crop comparison is fp32's).
+    precisions = ["fp32"] if precision == "fp32" else ["fp32", precision]
+    for spec, run_at in ((spec, p) for spec in models for p in precisions):
         study_model(
             study,
-            spec.label(models),
+            spec.label(models) + ("" if run_at == "fp32" else f" {run_at}"),
             spec,
             dataset,
             reductions=reductions,
@@ -645,14 +651,33 @@ def evaluate(
             batch_size=batch_size,
             progress=progress,
             device=device,
-            crops=crops,
+            crops=crops if run_at == "fp32" else (),
             cache=cache,
+            precision=run_at,
         )
     report = build_report(study, dataset, k, seed_list, reductions, settings)
+    report["precision_cosine"] = [
+        precision_cosine(
+            study.features[spec.label(models)], study.features[f"{spec.label(models)} {precision}"]
+        )
+        | {"model": spec.label(models), "precision": precision}
+        for spec in models
+        if precision != "fp32"
+    ]
     report["figures"] = draw_figures(out, study, dataset)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     write_html(out, report)
     return report
+
+
+def precision_cosine(fp32: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """Cosine between each photo's fp32 and other-precision embeddings (both unit vectors)."""
+    cosines = (fp32 * other).sum(axis=1)
+    return {
+        "cosine_mean": round(float(cosines.mean()), 5),
+        "cosine_p05": round(float(np.percentile(cosines, 5)), 5),
+        "cosine_min": round(float(cosines.min()), 5),
+    }
 
 
 def build_report(

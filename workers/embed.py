@@ -6,13 +6,15 @@ import logging
 import threading
 from collections import defaultdict
 
+from celery.signals import worker_init
 from celery_batches import SimpleRequest
 from sqlalchemy.exc import SQLAlchemyError
 
+from common.config import ConfigError
 from common.delivery import request_explanations, send_listings
 from common.pipeline import BatchReport, EmbedPipeline
-from common.queues import EMBED_TASK
-from common.vision import Backbone
+from common.queues import EMBED_QUEUE, EMBED_TASK
+from common.vision import Backbone, check_device
 from workers.app import app, runtime
 from workers.batching import BROKER_ERRORS, BatchFailed, ReliableBatches, batch_events
 
@@ -39,6 +41,21 @@ def pipeline() -> EmbedPipeline:
             )
             _pipeline = EmbedPipeline(rt.settings, rt.db, backbone, rt.store)
         return _pipeline
+
+
+@worker_init.connect
+def check_embed_settings(sender: object = None, **_: object) -> None:
+    """A device or precision that cannot run stops an embed worker at start, not at its first batch."""
+    queues = getattr(getattr(sender, "app", app).amqp.queues, "consume_from", None) or {}
+    if EMBED_QUEUE not in queues:
+        return
+    try:
+        device, precision = check_device(runtime().settings)
+    except ConfigError as error:
+        # Celery logs and swallows exceptions from signal handlers; SystemExit stops the worker.
+        log.critical("%s", error)
+        raise SystemExit(f"embed worker not started: {error}") from None
+    log.info("embed worker: %s at %s", device, precision)
 
 
 @app.task(name=EMBED_TASK, base=ReliableBatches, acks_late=True)

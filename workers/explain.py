@@ -29,7 +29,12 @@ def backbone() -> Backbone:
     global _backbone
     with _loading:
         if _backbone is None:
-            _backbone = Backbone.from_settings(runtime().settings, with_classifier=True)
+            settings = runtime().settings
+            if settings.precision == "int8":
+                # Grad-CAM needs gradients, which int8 layers have not: the same weights in fp32
+                # explain the int8 embedding's decision.
+                settings = settings.model_copy(update={"precision": "fp32"})
+            _backbone = Backbone.from_settings(settings, with_classifier=True)
             log.info("explain worker ready: %s on %s", _backbone.backbone_id, _backbone.device)
         return _backbone
 

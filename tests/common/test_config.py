@@ -20,6 +20,8 @@ from common.config import ConfigError, load_settings
         ("VITRINE_WEIGHTS", "/nonexistent/weights.safetensors"),
         ("VITRINE_CONFIDENCE_THRESHOLD", "1.5"),
         ("VITRINE_SUGGESTION_METHOD", "vibes"),
+        ("VITRINE_PRECISION", "fp16"),
+        ("VITRINE_TORCH_THREADS", "0"),
     ],
 )
 def test_a_wrong_value_fails_naming_the_variable(

@@ -120,3 +120,68 @@ def test_prepare_batch_isolates_a_bad_photo_and_keeps_the_order() -> None:
     np.testing.assert_allclose(
         vectors, backbone.embed_images([decode_image(p, settings).image for p in photos[::2]]), atol=1e-4
     )
+
+
+def _saved_random_weights(name: str, path: Path) -> Path:
+    """A random model's weights in a file, so two loads get the same weights."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    save_file(timm.create_model(name, pretrained=False).state_dict(), str(path))
+    return path
+
+
+def test_int8_quantises_the_linear_layers_and_has_its_own_backbone_id(tmp_path: Path) -> None:
+    weights = _saved_random_weights("test_vit", tmp_path / "w.safetensors")
+    fp32 = Backbone.load("test_vit", weights, "cpu", precision="fp32")
+    int8 = Backbone.load("test_vit", weights, "cpu", precision="int8")
+    assert fp32.precision == "fp32" and int8.precision == "int8"
+    assert int8.backbone_id == fp32.backbone_id + "+int8"
+    assert int8.weights_id == fp32.backbone_id == fp32.weights_id
+    assert not any(type(m) is torch.nn.Linear for m in int8.model.modules())
+    assert any(type(m) is torch.nn.Linear for m in fp32.model.modules())
+    photos = _photos(4)
+    a, b = fp32.embed_images(photos), int8.embed_images(photos)
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    # Same weights, approximately the same vectors, never exactly (the id keeps them apart).
+    cosines = (a * b).sum(axis=1)
+    assert cosines.min() > 0.9
+    assert not np.allclose(a, b, atol=1e-6)
+
+
+def test_fp32_keeps_the_plain_backbone_id() -> None:
+    backbone = Backbone.load("efficientnet_lite0", LITE0_WEIGHTS, "cpu", precision="fp32")
+    assert "+" not in backbone.backbone_id
+    assert Backbone.load("efficientnet_lite0", LITE0_WEIGHTS, "cpu").backbone_id == backbone.backbone_id
+
+
+@pytest.mark.parametrize(
+    ("device", "requested", "expected"),
+    [("cpu", "auto", "fp32"), ("cuda", "auto", "bf16"), ("cpu", "int8", "int8"), ("cuda", "fp32", "fp32")],
+)
+def test_auto_precision_follows_the_device(device: str, requested: str, expected: str) -> None:
+    from common.vision import resolve_precision
+
+    assert resolve_precision(requested, torch.device(device)) == expected
+
+
+@pytest.mark.parametrize(("device", "requested"), [("cuda", "int8"), ("cpu", "bf16")])
+def test_a_precision_the_device_cannot_run_is_refused(device: str, requested: str) -> None:
+    from common.vision import resolve_precision
+
+    with pytest.raises(ConfigError, match="VITRINE_PRECISION"):
+        resolve_precision(requested, torch.device(device))
+
+
+def test_torch_threads_come_from_the_setting_or_the_usable_cpus() -> None:
+    import os
+
+    from common.vision import set_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_torch_threads(1) == 1 and torch.get_num_threads() == 1
+        assert set_torch_threads(None) == len(os.sched_getaffinity(0)) == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

@@ -180,3 +180,33 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     )
     assert code == 2 and "not found" in output
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_another_precision_is_reported_beside_fp32_with_the_cosine_between_them(tmp_path: Path) -> None:
+    result = evaluate(
+        list_images(IMAGES),
+        read_labels(LABELS, "category"),
+        [LITE0],
+        tmp_path,
+        SETTINGS,
+        limit=42,
+        seeds=1,
+        reductions=["none"],
+        device="cpu",
+        precision="int8",
+    )
+    assert [row["model"] for row in result["results"]] == ["efficientnet_lite0", "efficientnet_lite0 int8"]
+    assert result["results"][1]["backbone_id"] == result["results"][0]["backbone_id"] + "+int8"
+    [cosine] = result["precision_cosine"]
+    assert cosine["model"] == "efficientnet_lite0" and cosine["precision"] == "int8"
+    # efficientnet_lite0 without its classifier has no Linear layer: int8 changes nothing there.
+    assert cosine["cosine_min"] > 0.999
+
+
+def test_a_precision_the_device_cannot_run_is_refused_before_any_work(tmp_path: Path) -> None:
+    from common.config import ConfigError
+
+    with pytest.raises(ConfigError, match="bf16"):
+        evaluate(list_images(IMAGES, 20), read_labels(LABELS, "category"), [LITE0], tmp_path, SETTINGS,
+                 device="cpu", precision="bf16")  # fmt: skip
+    assert not (tmp_path / "report.json").exists()

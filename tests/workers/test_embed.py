@@ -175,3 +175,16 @@ def test_listing_events_become_suggestions_and_bad_photos_fail_alone(
     print(f"\nheld-back: {len(held_back)}, suggestion accuracy {accuracy:.3f}, refit ARI {result.ari:.3f}")
     # Chance is 1/7 ≈ 0.14.
     assert accuracy > 0.5
+
+
+def test_an_embed_worker_refuses_to_start_with_a_precision_its_device_cannot_run(
+    child_env: dict[str, str], tmp_path: Path
+) -> None:
+    from vitrine.devservices import ServiceUnavailable
+
+    env = {**child_env, "VITRINE_DEVICE": "cpu", "VITRINE_PRECISION": "bf16"}
+    with (
+        pytest.raises(ServiceUnavailable, match="VITRINE_PRECISION: bf16 is for CUDA"),
+        celery_worker(["embed"], env, tmp_path / "worker.log", "precision@%h", ready_within=120),
+    ):
+        pass

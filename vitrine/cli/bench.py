@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,10 @@ def bench_embed(
     n: Annotated[int, typer.Option(min=1, help="Listing events per measurement.")] = 64,
     batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     images: Annotated[Path | None, typer.Option(help="Photos to use; synthetic ones if omitted.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="fp32, int8 (CPU) or bf16 (CUDA); default VITRINE_PRECISION.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     log_dir: Path = Path(".vitrine/logs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -30,6 +35,8 @@ def bench_embed(
     from vitrine.benchmark import run_embed_benchmark
 
     settings = state(ctx).settings
+    if device:
+        settings = settings.model_copy(update={"device": device})
     log_dir.mkdir(parents=True, exist_ok=True)
     result = run_embed_benchmark(
         settings,
@@ -39,6 +46,7 @@ def bench_embed(
         batch_size=batch_size or settings.batch_size,
         images=images,
         log_dir=log_dir,
+        precision=precision,
     )
     if as_json:
         print(json.dumps(result.as_dict()))
@@ -78,3 +86,66 @@ def bench_review(
     console.print(table)
     ingest = result["ingest"]
     console.print(f"ingest: {ingest['listings_per_s']} listings/s in lists of {ingest['batch']}")
+
+
+@bench_app.command("latency")
+def bench_latency(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option(help="timm model name (default: VITRINE_MODEL).")] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Weights file (default: VITRINE_WEIGHTS; random if neither).")
+    ] = None,
+    n: Annotated[int, typer.Option(min=1, help="Listings per setting.")] = 60,
+    rate: Annotated[float, typer.Option(min=0.01, help="Listings published per second.")] = 2.0,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Default: VITRINE_BATCH_SIZE.")] = None,
+    flush_interval: Annotated[
+        list[float] | None,
+        typer.Option(help="Seconds; repeat to compare several (default: VITRINE_FLUSH_INTERVAL)."),
+    ] = None,
+    images: Annotated[Path | None, typer.Option(help="Photos to use; synthetic ones if omitted.")] = None,
+    log_dir: Path = Path(".vitrine/logs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Milliseconds from publishing a listing to its committed suggestion, one listing at a time,
+    at the batch size and flush interval(s) given and at batch size 1, in one run."""
+    from vitrine.benchmark import run_latency_benchmark
+
+    settings = state(ctx).settings
+    log_dir.mkdir(parents=True, exist_ok=True)
+    size = batch_size or settings.batch_size
+    intervals = flush_interval or [settings.flush_interval]
+    compared = [(size, interval) for interval in intervals] + [(1, intervals[0])]
+    runs = run_latency_benchmark(
+        settings,
+        model=model or settings.model,
+        weights=weights or settings.weights,
+        n=n,
+        rate=rate,
+        settings_to_compare=compared,
+        images=images,
+        log_dir=log_dir,
+    )
+    chosen, batch1 = runs[0], runs[-1]
+    if as_json:
+        summary = {
+            "model": model or settings.model,
+            "rate_per_s": rate,
+            **asdict(chosen),
+            "batch1": asdict(batch1),
+            "runs": [asdict(run) for run in runs],
+        }
+        print(json.dumps(summary))
+        return
+    table = Table(title=f"publish → committed suggestion, {rate}/s, {model or settings.model}")
+    for column in ("batch size", "flush interval s", "n", "p50 ms", "p95 ms", "p99 ms", "max ms"):
+        table.add_column(column, justify="right")
+    for run in runs:
+        table.add_row(
+            *(
+                str(v)
+                for v in (
+                    run.batch_size, run.flush_interval, run.n, run.p50_ms, run.p95_ms, run.p99_ms, run.max_ms,
+                )
+            )
+        )  # fmt: skip
+    console.print(table)

@@ -42,6 +42,9 @@ def evaluate(
     ),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    precision: Annotated[
+        str, typer.Option(help="fp32, or int8 (CPU) / bf16 (CUDA) measured beside fp32 in one report.")
+    ] = "fp32",
 ) -> None:
     """Embed each photo once per model; report ARI/NMI of KMeans and held-out suggestion accuracy."""
     from vitrine.study import EvaluationError, ModelSpec
@@ -83,6 +86,7 @@ def evaluate(
                 titles=title_map,
                 crops=[c.strip() for c in crops.split(",") if c.strip()],
                 cache=cache,
+                precision=precision,
             )
     except EvaluationError as error:
         raise typer.BadParameter(str(error)) from None
@@ -128,6 +132,11 @@ def evaluate(
     for row in report["crops"]:
         crop_table.add_row(row["model"], row["crop"], _figure(row["ari"]), _figure(row["accuracy"]))
     console.print(crop_table)
+    for row in report["precision_cosine"]:
+        console.print(
+            f"{row['model']}: cosine fp32 vs {row['precision']} mean {row['cosine_mean']:.4f}, "
+            f"5th percentile {row['cosine_p05']:.4f}, min {row['cosine_min']:.4f}"
+        )
     if report["unreadable"]:
         console.print(
             f"[yellow]{len(report['unreadable'])} unreadable images[/yellow] (listed in the report)"
