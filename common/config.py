@@ -86,7 +86,7 @@ class Settings(BaseSettings):
 
     # Suggestions
     # Auto-accept only where cross-validation at refit expects at least this precision: the
-    # threshold is estimated per clustering version (`common.suggest.estimate_threshold`).
+    # threshold is estimated per clustering version (`common.fitting.estimate_threshold`).
     target_precision: float = Field(0.95, gt=0, le=1)
     # A manual override of that estimate; unset, the estimate decides.
     confidence_threshold: float | None = Field(None, ge=0, le=1)

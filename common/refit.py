@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 from common.config import Settings
 from common.db import Database
 from common.embeddings import current_version, iter_embeddings, label_expression, newest_backbone_id
+from common.fitting import fit_suggestion_model
 from common.models import ClusteringVersion, Embedding, Listing
-from common.suggest import SuggestionModel, cluster_label_shares, fit_suggestion_model
+from common.suggest import SuggestionModel, cluster_label_shares
 from common.suggestions import Lineage, labelled_set, reassign_suggestions
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,9 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.model_selection import train_test_split
 
 from common.config import Settings
+from common.fitting import fit_suggestion_model
 from common.imaging import FailureReason, ImageRejected, LoadedImage, decode_image
-from common.suggest import LabelledSet, SuggestionModel, cluster_label_shares, fit_suggestion_model
+from common.suggest import LabelledSet, SuggestionModel, cluster_label_shares
 from common.suggestions import ReviewReason, acceptance_threshold, review_reason
 from common.vision import Backbone, embed_prepared, prepare_batch, resolve_device, resolve_precision
 from vitrine import report as figures

@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 
 from common.config import Settings
-from common.suggest import (
-    ACCEPT_NONE,
-    Fitted,
-    LabelledSet,
-    estimate_threshold,
-    fit_suggestion_model,
-    fuse,
-)
+from common.fitting import estimate_threshold, fit_suggestion_model
+from common.suggest import ACCEPT_NONE, Fitted, LabelledSet, fuse
 from common.suggestions import ReviewReason, review_reason
 
 CATEGORIES = ["bags", "lamps", "shoes"]
