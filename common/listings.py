@@ -48,6 +48,8 @@ def listing_view(session: Session, external_id: str) -> dict[str, Any] | None:
             "alternatives": suggestion.alternatives,
             "needs_review": suggestion.needs_review,
             "review_reason": suggestion.review_reason,
+            # Each signal's own top category and probability: "the photo says X, the title says Y".
+            "signals": suggestion.signals or {},
             "cluster": suggestion.cluster,
             "clustering_version": suggestion.clustering_version_id,
             "gradcam_key": suggestion.gradcam_key,

@@ -64,6 +64,7 @@ def add_flagged(
     reason: str = "low_confidence",
     title: str | None = None,
     seller_category: str | None = None,
+    signals: dict[str, dict[str, object]] | None = None,
 ) -> list[int]:
     """Suggested listings waiting for review: (external id, confidence) each, under one clustering."""
     with db.transaction() as session:
@@ -87,6 +88,10 @@ def add_flagged(
                 fit_seconds=0.1,
                 algorithm="kmeans",
                 is_current=True,
+                target_precision=0.95,
+                threshold=0.72,
+                estimated_precision=0.951,
+                estimated_coverage=0.61,
             )
             session.add(version)
             session.flush()
@@ -118,6 +123,7 @@ def add_flagged(
                     method="knn",
                     needs_review=True,
                     review_reason=reason,
+                    signals=signals,
                 )
             )
             ids.append(listing.id)

@@ -88,7 +88,8 @@ def test_oversized_or_malformed_bodies_write_nothing(
 
 
 def test_get_a_listing_with_its_suggestion(client: TestClient, tokens: Tokens, db: Database) -> None:
-    add_flagged(db, [("l-1", 0.3)], seller_category="Footwear")
+    said = {"image": {"category": "Watches", "probability": 0.3}}
+    add_flagged(db, [("l-1", 0.3)], seller_category="Footwear", signals=said)
     for token in (tokens.ingest, tokens.alice):
         body = client.get("/api/v1/listings/l-1", headers=bearer(token)).json()
         assert body["status"] == "suggested" and body["seller_category"] == "Footwear"
@@ -96,6 +97,7 @@ def test_get_a_listing_with_its_suggestion(client: TestClient, tokens: Tokens, d
         assert suggestion["category"] == "Watches" and suggestion["confidence"] == 0.3
         assert len(suggestion["alternatives"]) == 3 and suggestion["needs_review"] is True
         assert suggestion["cluster"] == 0 and suggestion["clustering_version"] >= 1
+        assert suggestion["signals"] == said
         assert suggestion["gradcam_url"] is None and body["decision"] is None
     missing = client.get("/api/v1/listings/nope", headers=bearer(tokens.ingest))
     assert missing.status_code == 404 and "external_id" in missing.json()["detail"]

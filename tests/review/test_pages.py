@@ -16,7 +16,11 @@ HOSTILE = '<script>alert("x")</script>'
 def test_review_page_decides_through_its_forms_and_escapes_what_sellers_wrote(
     client: TestClient, tokens: Tokens, db: Database
 ) -> None:
-    add_flagged(db, [("p1", 0.1)], title=HOSTILE, seller_category="<b>Shoes</b>")
+    signals = {
+        "image": {"category": "Watches", "probability": 0.55},
+        "title": {"category": "Footwear", "probability": 0.9},
+    }
+    add_flagged(db, [("p1", 0.1)], title=HOSTILE, seller_category="<b>Shoes</b>", signals=signals)
     add_flagged(db, [("p2", 0.2)], reason="seller_disagrees")
     csrf = sign_in(client)
     page = client.get("/review").text
@@ -24,6 +28,9 @@ def test_review_page_decides_through_its_forms_and_escapes_what_sellers_wrote(
     assert "<b>Shoes</b>" not in page and "&lt;b&gt;Shoes&lt;/b&gt;" in page
     assert 'id="waiting-total">2<' in page and "low confidence" in page
     assert "/review/p1/decide" in page and 'data-key="a"' in page and 'data-key="3"' in page
+    # What each signal said on its own.
+    assert re.search(r"photo says\s+<strong>Watches</strong> \(55%\)", page)
+    assert re.search(r"title says\s+<strong>Footwear</strong> \(90%\)", page)
     # A form without the CSRF token is refused.
     refused = client.post("/review/p1/decide", data={"action": "accept"}, follow_redirects=False)
     assert refused.status_code == 403
@@ -57,6 +64,8 @@ def test_history_and_dashboard_pages(client: TestClient, tokens: Tokens, db: Dat
     dashboard = client.get("/dashboard").text
     assert "<polyline" in dashboard and "From moderators: <strong>1</strong>" in dashboard
     assert ">embed<" in dashboard and ">refit<" in dashboard
+    # The current version's acceptance threshold, with what it expects.
+    assert re.search(r"confidence ≥ <strong>0\.720</strong>", dashboard) and "coverage 0.610" in dashboard
     script = client.get("/static/review.js")
     assert script.status_code == 200 and "keydown" in script.text
     assert client.get("/static/other.js").status_code == 404
