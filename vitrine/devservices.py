@@ -67,6 +67,23 @@ def find_binary(binary: str) -> str:
     return found
 
 
+def redis_argv(port: int, directory: Path) -> list[str]:
+    """A loopback Redis that keeps nothing on disk, like the deployment's broker."""
+    return [
+        find_binary("redis-server"),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(directory),
+    ]
+
+
 @dataclass
 class LocalServices:
     """Processes started here, stopped by `stop()`; nothing else is touched."""
@@ -105,19 +122,7 @@ class LocalServices:
         port = free_port()
         log = open(self.root / "redis.log", "ab")  # noqa: SIM115
         process = subprocess.Popen(
-            [
-                find_binary("redis-server"),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.root),
-            ],
+            redis_argv(port, self.root),
             stdout=log,
             stderr=log,
             start_new_session=self.detach,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
 
 from common import review
 from common.accounts import Identity, authenticate
@@ -168,6 +170,20 @@ async def review_page(
     return _render(request, "review.html", {**context, "identity": identity, "notice": notice})
 
 
+async def _attempt(runtime: Runtime, work: Callable[[Session], None]) -> str | None:
+    """Run a moderator's action in one transaction off the event loop; the refusal's message, if any."""
+
+    def run() -> str | None:
+        try:
+            with runtime.db.transaction() as session:
+                work(session)
+        except review.ReviewError as error:
+            return error.message
+        return None
+
+    return await run_in_threadpool(run)
+
+
 def _back_to_review(category: str | None, notice: str | None = None) -> RedirectResponse:
     query = {k: v for k, v in (("category", category), ("notice", notice)) if v}
     return RedirectResponse("/review" + ("?" + urlencode(query) if query else ""), status_code=303)
@@ -189,16 +205,10 @@ async def decide_form(
     if action == "override" and category is None:
         raise HTTPException(422, "category: required to override")
 
-    def work() -> str | None:
-        try:
-            with runtime.db.transaction() as session:
-                review.decide(session, identity.name, external_id, action, category or None, note or None)
-        except review.ReviewError as error:
-            return error.message
-        return None
+    def work(session: Session) -> None:
+        review.decide(session, identity.name, external_id, action, category or None, note or None)
 
-    problem = await run_in_threadpool(work)
-    return _back_to_review(filter_category, problem)
+    return _back_to_review(filter_category, await _attempt(runtime, work))
 
 
 @router.post("/review/undo")
@@ -213,16 +223,10 @@ async def undo_form(
     runtime = runtime_of(request)
     lease = runtime.settings.review_lease_seconds
 
-    def work() -> str | None:
-        try:
-            with runtime.db.transaction() as session:
-                review.undo(session, identity.name, external_id, lease)
-        except review.ReviewError as error:
-            return error.message
-        return None
+    def work(session: Session) -> None:
+        review.undo(session, identity.name, external_id, lease)
 
-    problem = await run_in_threadpool(work)
-    return _back_to_review(filter_category, problem)
+    return _back_to_review(filter_category, await _attempt(runtime, work))
 
 
 @router.get("/history")

@@ -18,7 +18,7 @@ from common.models import ClusteringVersion, Listing, ListingStatus, Suggestion
 from common.queues import EMBED_QUEUE, EXPLAIN_QUEUE
 from common.runtime import Runtime
 from tests.faults.stack import Server
-from vitrine.devservices import find_binary, free_port
+from vitrine.devservices import free_port, redis_argv
 
 
 def _depth(settings: Settings, queue: str) -> int:
@@ -61,17 +61,7 @@ def test_after_redis_restarted_empty_everything_waiting_is_sent_once(
     port = free_port()
     redis_server = Server(
         "redis",
-        [
-            find_binary("redis-server"),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
+        redis_argv(port, tmp_path),
         port,
         tmp_path / "redis.log",
     )

@@ -34,7 +34,7 @@ from common.events import ListingEvent, publish_listings
 from common.models import TERMINAL_STATUSES, Listing
 from common.runtime import Runtime
 from tests.conftest import FLIPKART, LITE0_WEIGHTS
-from vitrine.devservices import as_postgres_user, find_binary, free_port, wait_for_port
+from vitrine.devservices import as_postgres_user, find_binary, free_port, redis_argv, wait_for_port
 from workers.command import worker_argv
 
 
@@ -272,11 +272,10 @@ def fault_stack(root: Path) -> Iterator[Stack]:
     )
     redis = Server(
         "redis",
-        [find_binary("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(root)],
+        redis_argv(redis_port, root),
         redis_port,
         root / "redis.log",
-    )  # fmt: skip
+    )
     s3 = Server(
         "s3",
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
