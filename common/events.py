@@ -28,8 +28,6 @@ NUL = "\x00"
 # S3 bucket names as the S3 API defines them.
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MAX_S3_KEY_BYTES = 1024
-# Rows per multi-row INSERT: 7 parameters each, well below Postgres' 65,535 per statement.
-BULK_ROWS = 1000
 
 
 class ListingEvent(BaseModel):
@@ -173,28 +171,27 @@ def record_listings(session: Session, events: list[ListingEvent]) -> list[Publis
     Only the events whose listing exists already (or repeats within the list) take the row-by-row
     path, which decides between `unchanged` and `requeued`.
     """
-    created: dict[str, int] = {}
-    for start in range(0, len(events), BULK_ROWS):
-        chunk = events[start : start + BULK_ROWS]
-        rows = [
-            {
-                "external_id": e.listing_id,
-                "image_url": e.image_url,
-                "seller_category": e.seller_category,
-                "title": e.title,
-                "status": ListingStatus.queued,
-                "attempts": 0,
-                "enqueued_at": None,
-            }
-            for e in chunk
-        ]
-        inserted = session.execute(
-            insert(Listing)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["external_id"])
-            .returning(Listing.id, Listing.external_id)
-        )
-        created.update({external_id: listing_id for listing_id, external_id in inserted})
+    rows = [
+        {
+            "external_id": e.listing_id,
+            "image_url": e.image_url,
+            "seller_category": e.seller_category,
+            "title": e.title,
+            "status": ListingStatus.queued,
+            "attempts": 0,
+            "enqueued_at": None,
+        }
+        for e in events
+    ]
+    # One cached statement, executed for many rows: SQLAlchemy sends them as multi-row INSERTs
+    # ("insertmanyvalues"), so a list of 500 costs a round trip or two, not 500.
+    inserted = session.execute(
+        insert(Listing)
+        .on_conflict_do_nothing(index_elements=["external_id"])
+        .returning(Listing.id, Listing.external_id),
+        rows,
+    )
+    created: dict[str, int] = {external_id: listing_id for listing_id, external_id in inserted}
     results = []
     for event in events:
         listing_id = created.pop(event.listing_id, None)

@@ -18,6 +18,9 @@ KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 # Written by the sweep, gone when Redis restarts empty (it keeps nothing on disk): its absence
 # means every message the broker held is lost.
 BROKER_MARK_KEY = "vitrine:broker-mark"
+# Redis commands per pipelined round trip when publishing a list (two per message: the message
+# and its task-sent event). Should a flush fail, the rows stay unmarked and the sweep sends them.
+PUBLISH_BATCH = 1000
 
 
 def producer_app(settings: Settings, name: str = "vitrine-publisher") -> Celery:
@@ -55,8 +58,9 @@ class Publisher:
 
     def embed(self, listing_ids: Iterable[int], *, retry: int = 0, countdown: float | None = None) -> None:
         kwargs = {"retry": retry} if retry else {}
-        # One producer (one connection and channel) for the whole list, not one per message.
-        with self.app.producer_or_acquire() as producer:
+        # One producer for the whole list, and its Redis commands sent in pipelined round trips
+        # (kombu's publish batch) rather than one round trip per message and per sent-event.
+        with self.app.producer_or_acquire() as producer, producer.batch(PUBLISH_BATCH):
             for listing_id in listing_ids:
                 self.app.send_task(
                     EMBED_TASK,
@@ -72,10 +76,16 @@ class Publisher:
     ) -> None:
         """Ask for Grad-CAM overlays; `attempt` > 0 marks a retry, sent after `countdown` seconds."""
         kwargs = {"attempt": attempt} if attempt else {}
-        for listing_id in listing_ids:
-            self.app.send_task(
-                EXPLAIN_TASK, args=[int(listing_id)], kwargs=kwargs, queue=EXPLAIN_QUEUE, countdown=countdown
-            )
+        with self.app.producer_or_acquire() as producer, producer.batch(PUBLISH_BATCH):
+            for listing_id in listing_ids:
+                self.app.send_task(
+                    EXPLAIN_TASK,
+                    args=[int(listing_id)],
+                    kwargs=kwargs,
+                    queue=EXPLAIN_QUEUE,
+                    countdown=countdown,
+                    producer=producer,
+                )
 
     def queue_depth(self, queue: str) -> int:
         pipe = self.redis.pipeline(transaction=False)
