@@ -1,7 +1,8 @@
-"""A line chart as SVG data for the dashboard's template: no JavaScript library, nothing fetched."""
+"""Charts as SVG data for the dashboard's template: no JavaScript library, nothing fetched."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 WIDTH, HEIGHT, PAD = 640, 220, 32
@@ -39,4 +40,56 @@ def line_chart(xs: list[int], series: dict[str, list[float | None]]) -> dict[str
         "labels": [{"x": x(i), "text": str(v)} for i, v in enumerate(xs)],
         "grid": [{"y": y(t), "text": f"{t:.1f}"} for t in (low, 0.5, 1.0)],
         "empty": n == 0,
+    }
+
+
+ACTION_COLOURS = {"accept": "#2ca02c", "override": "#1f77b4", "skip": "#999999", "undo": "#d62728"}
+
+
+def hourly_bars(per_hour: list[dict[str, Any]], now: datetime, hours: int = 48) -> dict[str, Any]:
+    """Stacked bars, one per hour of the last `hours` (empty hours too), one colour per action.
+
+    `per_hour`: rows `{hour: ISO start of the hour (UTC), action, count}` as `common.review.stats`
+    gives them.
+    """
+    last = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    starts = [last - timedelta(hours=hours - 1 - i) for i in range(hours)]
+    counts: dict[datetime, dict[str, int]] = {start: {} for start in starts}
+    for row in per_hour:
+        at = datetime.fromisoformat(row["hour"]).astimezone(UTC)
+        if at in counts:
+            counts[at][row["action"]] = counts[at].get(row["action"], 0) + int(row["count"])
+    top = max((sum(c.values()) for c in counts.values()), default=0)
+    slot = (WIDTH - 2 * PAD) / hours
+    bars = []
+    for i, start in enumerate(starts):
+        base = float(HEIGHT - PAD)
+        for action in ACTION_COLOURS:
+            n = counts[start].get(action, 0)
+            if not n:
+                continue
+            height = (HEIGHT - 2 * PAD) * n / top
+            base -= height
+            bars.append(
+                {
+                    "x": PAD + i * slot + 1,
+                    "y": base,
+                    "width": max(slot - 2, 1),
+                    "height": height,
+                    "colour": ACTION_COLOURS[action],
+                    "title": f"{start:%Y-%m-%d %H}:00 UTC, {action}: {n}",
+                }
+            )
+    return {
+        "width": WIDTH,
+        "height": HEIGHT,
+        "bars": bars,
+        "top": top,
+        "total": sum(sum(c.values()) for c in counts.values()),
+        "legend": [{"action": a, "colour": c} for a, c in ACTION_COLOURS.items()],
+        "labels": [
+            {"x": PAD + i * slot + slot / 2, "text": f"{start:%H}h"}
+            for i, start in enumerate(starts)
+            if start.hour % 6 == 0
+        ],
     }

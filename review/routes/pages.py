@@ -22,7 +22,7 @@ from common.listings import labelled_neighbours, listing_view
 from common.runtime import Runtime
 from common.storage import STORAGE_ERRORS
 from review.auth import CSRF_FIELD, Moderator, check_form_csrf, new_csrf, runtime_of, sessions_of
-from review.charts import line_chart
+from review.charts import hourly_bars, line_chart
 from review.routes.review_api import dashboard_figures
 
 HERE = Path(__file__).resolve().parents[1]
@@ -259,8 +259,15 @@ async def dashboard_page(request: Request, identity: Identity = Moderator) -> HT
         {name: [v[name] for v in versions] for name in ("ari", "nmi", "stability_ari")},
     )
     largest = max((c["size"] for c in figures["current_clusters"]), default=0)
+    hourly = hourly_bars(figures["decisions_per_hour"], datetime.now(UTC))
     return _render(
         request,
         "dashboard.html",
-        {"identity": identity, "figures": figures, "chart": chart, "largest_cluster": largest},
+        {
+            "identity": identity,
+            "figures": figures,
+            "chart": chart,
+            "hourly": hourly,
+            "largest_cluster": largest,
+        },
     )

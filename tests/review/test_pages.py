@@ -63,6 +63,8 @@ def test_history_and_dashboard_pages(client: TestClient, tokens: Tokens, db: Dat
     assert re.search(r"<td>override</td>", history) and "Footwear" in history
     dashboard = client.get("/dashboard").text
     assert "<polyline" in dashboard and "From moderators: <strong>1</strong>" in dashboard
+    # The override just made is this hour's bar in the decisions chart.
+    assert re.search(r"<rect [^>]*><title>[^<]* UTC, override: 1</title>", dashboard)
     assert ">embed<" in dashboard and ">refit<" in dashboard
     # The current version's acceptance threshold, with what it expects.
     assert re.search(r"confidence ≥ <strong>0\.720</strong>", dashboard) and "coverage 0.610" in dashboard
