@@ -2,19 +2,23 @@
 # The GPU benchmark in one command: installs what is missing, then runs `vitrine bench embed`
 # (ConvNeXt-Base, 224 px, bf16, random weights) and prints one JSON line: pipeline images/s,
 # raw forward images/s at the same batch, their ratio, batched/batch-1, peak GPU memory and the
-# share of the chip's bf16 peak. `--device cpu --model test_vit --precision fp32` runs anywhere
-# (the test suite does that, so the script is known to work where no GPU is at hand).
+# share of the chip's bf16 peak. JPEGs are decoded on the GPU (`--decode device`, nvJPEG):
+# Pillow on a few cores cannot keep up with thousands of images/s. `--device cpu --model
+# test_vit --precision fp32` runs anywhere (the test suite does that, so the script is known to
+# work where no GPU is at hand).
 #
 # usage: benchmarks/gpu.sh [--device cuda] [--model convnext_base] [--precision bf16]
-#          [--n 2048] [--batch-size 128] [--gflop-per-image 30.8] [--peak-tflops T]
+#          [--decode device|pillow] [--n 2048] [--batch-size 128] [--gflop-per-image 30.8]
+#          [--peak-tflops T]
 set -euo pipefail
 
-device=cuda model=convnext_base precision=bf16 n=2048 batch=128 gflop=30.8 peak=""
+device=cuda model=convnext_base precision=bf16 decode=device n=2048 batch=128 gflop=30.8 peak=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --device) device=$2; shift 2 ;;
         --model) model=$2; shift 2 ;;
         --precision) precision=$2; shift 2 ;;
+        --decode) decode=$2; shift 2 ;;
         --n) n=$2; shift 2 ;;
         --batch-size) batch=$2; shift 2 ;;
         --gflop-per-image) gflop=$2; shift 2 ;;
@@ -46,5 +50,5 @@ if [ "$device" != cpu ] && command -v nvidia-smi >/dev/null; then
 fi
 
 result=$("$venv/bin/vitrine" bench embed --model "$model" --device "$device" --precision "$precision" \
-    --n "$n" --batch-size "$batch" --json)
+    --decode "$decode" --n "$n" --batch-size "$batch" --json)
 echo "$result" | "$venv/bin/python" -m vitrine.benchmark --gflop-per-image "$gflop" ${peak:+--peak-tflops "$peak"}

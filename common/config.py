@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     # square with its background colour, then resized (see `common.vision.crop_data_config`).
     crop: Literal["center", "full"] = DEFAULT_CROP
     decode_threads: int = Field(2, ge=1, le=64)
+    # `pillow`: decode and prepare photos on the host's CPUs. `device`: JPEGs decoded in batches on
+    # the model's device (nvJPEG on CUDA) after the same checks on the host, for GPUs that
+    # embed faster than a few cores can decode; other formats still go through Pillow.
+    decode: Literal["pillow", "device"] = "pillow"
 
     # Safe fetching and decoding of listing photos
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)

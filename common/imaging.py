@@ -349,7 +349,12 @@ def decode_image(data: bytes, settings: Settings, min_side: int | None = None) -
         rgb = to_rgb(image)
     except DECODE_ERRORS as error:  # truncated or corrupt data surfaces only when decoding
         raise ImageRejected(FailureReason.corrupt_image, f"{type(error).__name__}: {error}") from None
-    return LoadedImage(image=rgb, sha256=hashlib.sha256(data).hexdigest(), n_bytes=len(data))
+    return LoadedImage(image=rgb, sha256=sha256_of(data), n_bytes=len(data))
+
+
+def sha256_of(data: bytes) -> str:
+    """The photo's identity as fetched: equal bytes, equal photo."""
+    return hashlib.sha256(data).hexdigest()
 
 
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from common.config import Settings
 from common.db import Database, until_available
-from common.imaging import FailureReason, Fault, ImageRejected, LoadedImage, http_client, load_image
+from common.imaging import FailureReason, Fault, ImageRejected, fetch_image_bytes, http_client
 from common.models import Embedding, Listing, ListingStatus
 from common.storage import ObjectStore
 from common.suggest import SuggestionModel
@@ -124,8 +124,8 @@ class EmbedPipeline:
         self.gate = ClaimGate()
         self._suggestions: SuggestionModel | None = None
 
-    def load(self, item: Claimed) -> LoadedImage:
-        return load_image(item.url, self.settings, self.store, self.http, min_side=self.backbone.min_side)
+    def fetch(self, item: Claimed) -> bytes:
+        return fetch_image_bytes(item.url, self.settings, self.store, self.http)
 
     def run(self, listing_ids: Sequence[int], retries: Mapping[int, int] | None = None) -> BatchReport:
         """Embed and suggest what is still queued of `listing_ids`; `retries`: earlier tries per listing."""
@@ -149,7 +149,7 @@ class EmbedPipeline:
         work = [c for c in claimed if c.attempts <= limit]
         started = time.perf_counter()
         try:
-            prepared = prepare_batch(self.backbone, work, self.load, self.pool)
+            prepared = prepare_batch(self.backbone, work, self.fetch, self.settings, self.pool)
             report.seconds["prepare"] += time.perf_counter() - started
             started = time.perf_counter()
             vectors = embed_prepared(self.backbone, prepared)

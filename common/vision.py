@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -24,8 +24,10 @@ from PIL import Image, ImageOps
 from safetensors import SafetensorError
 from timm.data import create_transform, resolve_data_config
 
+from common import imaging
 from common.config import DEFAULT_CROP, ConfigError, Settings
-from common.imaging import ImageRejected, LoadedImage
+from common.device_decode import TensorTransform, UnsupportedOnDevice, decodable_on_device, decode_batch
+from common.imaging import ImageRejected
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,17 @@ def pad_to_square(image: Image.Image) -> Image.Image:
     return ImageOps.pad(image.convert("RGB"), (side, side), color=colour, centering=(0.5, 0.5))
 
 
+def _device_transform(data_config: dict[str, Any], crop: str, decode: str) -> TensorTransform | None:
+    if decode == "pillow":
+        return None
+    if decode != "device":
+        raise ConfigError(f"VITRINE_DECODE: unknown decode {decode!r}; choose pillow or device")
+    try:
+        return TensorTransform.from_config(data_config, crop)
+    except UnsupportedOnDevice as error:
+        raise ConfigError(f"VITRINE_DECODE=device: {error}") from None
+
+
 @dataclass
 class Backbone:
     """A loaded model with its own preprocessing; `embed` turns photos into unit vectors."""
@@ -195,6 +208,10 @@ class Backbone:
     pretrained: bool = True
     crop: str = DEFAULT_CROP
     precision: str = "fp32"
+    # `pillow`: photos decoded and prepared on the host. `device`: JPEGs decoded and prepared on the
+    # model's device (`common.device_decode`), after the same checks on the host.
+    decode: str = "pillow"
+    device_transform: TensorTransform | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -208,6 +225,7 @@ class Backbone:
         allow_random: bool = False,
         with_classifier: bool = False,
         crop: str = DEFAULT_CROP,
+        decode: str = "pillow",
     ) -> Backbone:
         torch_device = resolve_device(device)
         precision = resolve_precision(precision, torch_device)
@@ -221,6 +239,7 @@ class Backbone:
         digest = _weights_digest(model, classifier)
         # timm's data config for this model (input size, interpolation, mean and std), with the crop.
         data_config = crop_data_config(model, crop)
+        device_transform = _device_transform(data_config, crop, decode)
         dim = int(model.num_features)
         if torch_device.type == "cuda":
             model = model.to(torch_device, memory_format=torch.channels_last)
@@ -241,6 +260,8 @@ class Backbone:
             pretrained=pretrained,
             crop=crop,
             precision=precision,
+            decode=decode,
+            device_transform=device_transform,
         )
 
     @classmethod
@@ -256,7 +277,13 @@ class Backbone:
             allow_random=allow_random,
             with_classifier=with_classifier,
             crop=settings.crop,
+            decode=settings.decode,
         )
+
+    def with_decode(self, decode: str) -> Backbone:
+        """The same model with photos decoded another way (`pillow` or `device`)."""
+        config = crop_data_config(self.model, self.crop)
+        return replace(self, decode=decode, device_transform=_device_transform(config, self.crop, decode))
 
     @property
     def weights_id(self) -> str:
@@ -298,7 +325,9 @@ class Backbone:
             return np.zeros((0, self.dim), dtype=np.float32)
         # One forward at a time: a worker's threads prepare photos beside it, never run two.
         with self._lock, torch.inference_mode(), self.autocast():
-            features = self.pooled_features(self.to_device(torch.stack(list(tensors))))
+            # Photos decoded on the device are there already; `to` leaves them where they are.
+            batch = torch.stack([t.to(self.device) for t in tensors])
+            features = self.pooled_features(self.to_device(batch))
         return F.normalize(features.float(), dim=1).cpu().numpy()
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -317,31 +346,72 @@ class Prepared(Generic[Source]):
     tensor: torch.Tensor | None = None
     sha256: str | None = None
     error: ImageRejected | None = None
+    # Checked bytes of a JPEG waiting for the device's decoder (`Backbone.decode == "device"`).
+    encoded: bytes | None = None
 
 
 def prepare_batch(
     backbone: Backbone,
     sources: Sequence[Source],
-    load: Callable[[Source], LoadedImage],
+    fetch: Callable[[Source], bytes],
+    settings: Settings,
     pool: Executor | None = None,
 ) -> list[Prepared[Source]]:
-    """Load (fetch and decode) and prepare each photo, in `pool` when given.
+    """Fetch, check, decode and prepare each photo (fetching and host decoding in `pool` when given).
 
-    This is the one way photos reach the model: the embed worker, the study and the benchmark
+    This is the one way photos reach the model: the embed worker, the study and the benchmarks
     all call it. A photo that cannot be used carries its reason; the others are unaffected.
     """
 
-    def one(source: Source) -> Prepared[Source]:
+    def guarded(source: Source, work: Callable[[], Prepared[Source]]) -> Prepared[Source]:
         try:
-            loaded = load(source)
-            return Prepared(source, backbone.prepare(loaded.image), loaded.sha256)
+            return work()
         except ImageRejected as error:
             return Prepared(source, error=error)
         except Exception as error:  # a bug, not the photo's fault: isolated here, retried by the caller
             log.exception("unexpected error preparing %r", source)
             return Prepared(source, error=ImageRejected.internal(error))
 
-    return list(pool.map(one, sources) if pool is not None else map(one, sources))
+    def on_host(source: Source, data: bytes) -> Prepared[Source]:
+        loaded = imaging.decode_image(data, settings, backbone.min_side)
+        return Prepared(source, backbone.prepare(loaded.image), loaded.sha256)
+
+    def fetched(source: Source) -> Prepared[Source]:
+        data = fetch(source)
+        if backbone.decode == "device" and decodable_on_device(imaging.open_checked(data, settings), data):
+            return Prepared(source, sha256=imaging.sha256_of(data), encoded=data)
+        return on_host(source, data)
+
+    def one(source: Source) -> Prepared[Source]:
+        return guarded(source, lambda: fetched(source))
+
+    prepared = list(pool.map(one, sources) if pool is not None else map(one, sources))
+    waiting = [p for p in prepared if p.encoded is not None]
+    if waiting:
+        refused = _decode_on_device(backbone, waiting)
+        for item, data in refused:
+            done = guarded(item.source, lambda: on_host(item.source, data))  # noqa: B023 - called at once
+            item.tensor, item.sha256, item.error = done.tensor, done.sha256, done.error
+    return prepared
+
+
+def _decode_on_device(
+    backbone: Backbone, waiting: Sequence[Prepared[Source]]
+) -> list[tuple[Prepared[Source], bytes]]:
+    """One batched decode on the device, then its transform; returns what the device refused."""
+    transform = backbone.device_transform
+    assert transform is not None
+    refused: dict[int, BaseException] = {}
+    encoded = [p.encoded or b"" for p in waiting]
+    with torch.inference_mode():
+        images = decode_batch(encoded, backbone.device, refused.__setitem__)
+        for item, image in zip(waiting, images, strict=True):
+            item.encoded = None
+            if image is not None:
+                item.tensor = transform(image)
+    for index, error in refused.items():
+        log.info("the device's decoder refused %r (%s); decoding on the host", waiting[index].source, error)
+    return [(waiting[index], encoded[index]) for index in sorted(refused)]
 
 
 def embed_prepared(backbone: Backbone, prepared: Sequence[Prepared[Source]]) -> np.ndarray:

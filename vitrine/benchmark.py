@@ -26,7 +26,6 @@ from sqlalchemy.engine import make_url
 from common.config import Settings, with_environment
 from common.db import drop_database, migrate
 from common.events import ListingEvent, publish_listings
-from common.imaging import LoadedImage, decode_image
 from common.models import TERMINAL_STATUSES, Listing, ListingStatus
 from common.queues import EMBED_QUEUE
 from common.refit import refit
@@ -41,6 +40,7 @@ class EmbedBenchmark:
     weights: str
     device: str
     precision: str
+    decode: str
     n: int
     batch_size: int
     torch_threads: int
@@ -92,7 +92,7 @@ def folder_photos(directory: Path, n: int) -> list[bytes]:
 
 def forward_ips(backbone: Backbone, photos: list[bytes], settings: Settings, batch_size: int) -> float:
     """Forward passes alone over the photos prepared beforehand: the model's own ceiling."""
-    prepared = prepare_batch(backbone, photos, lambda data: decode_image(data, settings))
+    prepared = prepare_batch(backbone, photos, bytes, settings)
     tensors = [p.tensor for p in prepared if p.tensor is not None]
     backbone.forward(tensors[:batch_size])
     started = time.perf_counter()
@@ -105,13 +105,10 @@ def inprocess_ips(backbone: Backbone, photos: list[bytes], settings: Settings, b
     """The embed worker's own path (decode threads, then one forward pass) batch after batch, in
     process, with no broker and no database; one warm-up batch first."""
 
-    def load(data: bytes) -> LoadedImage:
-        return decode_image(data, settings)
-
     with ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode") as pool:
 
         def run(chunk: list[bytes]) -> None:
-            embed_prepared(backbone, prepare_batch(backbone, chunk, load, pool))
+            embed_prepared(backbone, prepare_batch(backbone, chunk, bytes, settings, pool))
 
         run(photos[:batch_size])
         started = time.perf_counter()
@@ -222,11 +219,17 @@ def run_embed_benchmark(
     precision = precision or settings.precision
     # Random weights are drawn at each load: the same seed gives both precisions the same ones.
     torch.manual_seed(0)
-    backbone = Backbone.load(model, weights, settings.device, precision=precision, allow_random=True)
+
+    def load(precision: str) -> Backbone:
+        return Backbone.load(
+            model, weights, settings.device, precision=precision, allow_random=True, crop=settings.crop
+        ).with_decode(settings.decode)
+
+    backbone = load(precision)
     reference = None
     if backbone.precision != "fp32":
         torch.manual_seed(0)
-        reference = Backbone.load(model, weights, settings.device, precision="fp32", allow_random=True)
+        reference = load("fp32")
     if backbone.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(backbone.device)
     inprocess, fp32_inprocess = compare_precisions(backbone, reference, photos, settings, batch_size)
@@ -255,6 +258,8 @@ def run_embed_benchmark(
             "VITRINE_MODEL": model,
             "VITRINE_DEVICE": settings.device,
             "VITRINE_PRECISION": precision,
+            "VITRINE_CROP": settings.crop,
+            "VITRINE_DECODE": settings.decode,
             "VITRINE_TORCH_THREADS": str(threads),
             "VITRINE_WEIGHTS": str(weights) if weights else "",
             # Speed does not depend on the weights: without a file the worker may use random ones.
@@ -271,6 +276,7 @@ def run_embed_benchmark(
         weights=str(weights) if weights else "random",
         device=str(device),
         precision=precision,
+        decode=settings.decode,
         n=n,
         batch_size=batch_size,
         torch_threads=threads,
@@ -323,7 +329,7 @@ def gpu_summary(
     pipeline = float(result["pipeline_ips"])  # type: ignore[arg-type]
     share = pipeline * gflop_per_image / (peak_tflops * 1000) if peak_tflops else None
     keys = (
-        "model", "device", "precision", "n", "batch_size", "pipeline_ips", "forward_ips",
+        "model", "device", "precision", "decode", "n", "batch_size", "pipeline_ips", "forward_ips",
         "ratio_pipeline_forward", "batch1_ips", "ratio_batched_batch1", "inprocess_ips",
         "peak_gpu_memory_mib",
     )  # fmt: skip

@@ -124,13 +124,16 @@ def select_images(
     return Dataset(kept, [names[i] for i in keep], unlabelled=unlabelled, titles=titled(kept))
 
 
-def load_photo(path: Path, settings: Settings) -> LoadedImage:
-    """A photo file through the live system's safe decoder."""
+def read_photo(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as error:
         raise ImageRejected(FailureReason.fetch_failed, f"cannot read {path.name}: {error}") from None
-    return decode_image(data, settings)
+
+
+def load_photo(path: Path, settings: Settings) -> LoadedImage:
+    """A photo file through the live system's safe decoder."""
+    return decode_image(read_photo(path), settings)
 
 
 def check_images(dataset: Dataset, settings: Settings) -> Dataset:
@@ -164,7 +167,7 @@ def embed_paths(
     chunks = [np.zeros((0, backbone.dim), dtype=np.float32)]
     for start in range(0, len(paths), batch_size):
         batch = paths[start : start + batch_size]
-        prepared = prepare_batch(backbone, batch, lambda path: load_photo(path, settings))
+        prepared = prepare_batch(backbone, batch, read_photo, settings)
         rejected = [p for p in prepared if p.error is not None]
         if rejected:  # check_images let only decodable photos through
             raise EvaluationError(f"{rejected[0].source.name}: {rejected[0].error}")

@@ -21,7 +21,6 @@ from common.imaging import (
     FailureReason,
     Fault,
     ImageRejected,
-    LoadedImage,
     check_url_allowed,
     decode_image,
     fetch_http,
@@ -223,15 +222,17 @@ class BuggyPipeline(EmbedPipeline):
 
     buggy = "never"
 
-    def load(self, item: Claimed) -> LoadedImage:
+    def fetch(self, item: Claimed) -> bytes:
         if item.url.endswith(self.buggy):
             raise KeyError("a bug of ours")
-        return super().load(item)
+        return super().fetch(item)
 
 
+@pytest.mark.parametrize("decode", ["pillow", "device"])
 def test_every_case_in_one_batch_ends_right_and_alone(
-    settings: Settings, runtime: Runtime, clean_db: None, lite0: Backbone
+    settings: Settings, runtime: Runtime, clean_db: None, lite0: Backbone, decode: str
 ) -> None:
+    # `device`: JPEGs decoded by torchvision on the model's device (the CPU here), as on a GPU.
     store, bucket = runtime.store, settings.images_bucket
     store.ensure_bucket(bucket)
     files = {"good.jpg": real_jpeg(0), "truncated.jpg": real_jpeg(1)[:3000], "page.jpg": b"<html>" * 100}
@@ -252,7 +253,7 @@ def test_every_case_in_one_batch_ends_right_and_alone(
                 "buggy": f"s3://{bucket}/good.jpg?buggy",
             },
         )
-        pipeline = BuggyPipeline(local, runtime.db, lite0, store)
+        pipeline = BuggyPipeline(local, runtime.db, lite0.with_decode(decode), store)
         pipeline.buggy = "?buggy"
         report = pipeline.run(list(ids.values()))
 

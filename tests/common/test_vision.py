@@ -95,7 +95,7 @@ def test_pretrained_features_separate_categories_better_than_random(flipkart_lab
 
 
 def test_prepare_batch_isolates_a_bad_photo_and_keeps_the_order() -> None:
-    from common.imaging import ImageRejected, LoadedImage, decode_image
+    from common.imaging import ImageRejected, decode_image
     from common.vision import embed_prepared, prepare_batch
     from tests.helpers import real_jpeg
 
@@ -103,12 +103,12 @@ def test_prepare_batch_isolates_a_bad_photo_and_keeps_the_order() -> None:
     settings = load_settings()
     photos = [real_jpeg(0), b"not an image", real_jpeg(1)]
 
-    def load(data: bytes) -> LoadedImage:
+    def fetch(data: bytes) -> bytes:
         if data == b"boom":
             raise KeyError("a bug, not the photo")
-        return decode_image(data, settings)
+        return data
 
-    prepared = prepare_batch(backbone, [*photos, b"boom"], load)
+    prepared = prepare_batch(backbone, [*photos, b"boom"], fetch, settings)
     assert [p.error.reason if p.error else None for p in prepared] == [
         None,
         "not_an_image",
@@ -117,9 +117,9 @@ def test_prepare_batch_isolates_a_bad_photo_and_keeps_the_order() -> None:
     ]
     assert isinstance(prepared[1].error, ImageRejected)
     vectors = embed_prepared(backbone, prepared)
-    np.testing.assert_allclose(
-        vectors, backbone.embed_images([decode_image(p, settings).image for p in photos[::2]]), atol=1e-4
-    )
+    # Decoded as the worker does: reduced to the model's size first.
+    images = [decode_image(p, settings, backbone.min_side).image for p in photos[::2]]
+    np.testing.assert_allclose(vectors, backbone.embed_images(images), atol=1e-4)
 
 
 def _saved_random_weights(name: str, path: Path) -> Path:

@@ -45,6 +45,8 @@ def test_gpu_script_runs_on_cpu_and_prints_one_json_line(service_env: dict[str, 
     assert len(lines) == 1
     line = json.loads(lines[0])
     assert line["device"] == "cpu" and line["model"] == "test_vit" and line["n"] == 8
+    # The GPU's decode path (JPEGs decoded by torchvision on the model's device) ran, on the CPU.
+    assert line["decode"] == "device"
     for key in ("pipeline_ips", "forward_ips", "batch1_ips"):
         assert line[key] > 0
     assert line["ratio_pipeline_forward"] == round(line["pipeline_ips"] / line["forward_ips"], 3)
@@ -53,7 +55,7 @@ def test_gpu_script_runs_on_cpu_and_prints_one_json_line(service_env: dict[str, 
 
 def test_share_of_the_bf16_peak_uses_the_chip_table_or_the_given_peak() -> None:
     result: dict[str, object] = {
-        "model": "convnext_base", "device": "cuda", "precision": "bf16", "n": 2048,
+        "model": "convnext_base", "device": "cuda", "precision": "bf16", "decode": "device", "n": 2048,
         "batch_size": 128, "pipeline_ips": 2500.0, "forward_ips": 2700.0,
         "ratio_pipeline_forward": 0.926, "batch1_ips": 300.0, "ratio_batched_batch1": 8.3,
         "inprocess_ips": 2600.0, "peak_gpu_memory_mib": 9000.0,

@@ -28,6 +28,10 @@ def bench_embed(
         str | None, typer.Option(help="fp32, int8 (CPU) or bf16 (CUDA); default VITRINE_PRECISION.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    decode: Annotated[
+        str | None,
+        typer.Option(help="pillow (host) or device (JPEGs on the model's device); default VITRINE_DECODE."),
+    ] = None,
     log_dir: Path = Path(".vitrine/logs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -37,6 +41,8 @@ def bench_embed(
     settings = state(ctx).settings
     if device:
         settings = settings.model_copy(update={"device": device})
+    if decode:
+        settings = settings.model_copy(update={"decode": decode})
     log_dir.mkdir(parents=True, exist_ok=True)
     result = run_embed_benchmark(
         settings,
