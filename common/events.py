@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,8 +17,11 @@ from sqlalchemy.orm import Session
 from common.config import Settings
 from common.delivery import send_listings
 from common.imaging import ImageRejected, check_bucket_allowed, parse_s3_url
+from common.messages import BROKER_ERRORS
 from common.models import Listing, ListingStatus, Suggestion
 from common.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 # C0 controls, space and DEL: never part of a URL we fetch (a CR/LF could split a request).
 URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
@@ -216,8 +220,15 @@ def publish_listings(runtime: Runtime, events: Iterable[ListingEvent]) -> list[P
     with runtime.db.transaction() as session:
         results = record_listings(session, events)
     # Only after the commit: a worker must always find the row its message names. Should this
-    # process die before the send, the sweep sends what stayed unsent.
-    send_listings(runtime.db, runtime.publisher, [r.listing_id for r in results if r.outcome != "unchanged"])
+    # process die before the send, or the broker be away, the sweep sends what stayed unsent.
+    waiting = [r.listing_id for r in results if r.outcome != "unchanged"]
+    try:
+        send_listings(runtime.db, runtime.publisher, waiting)
+    except BROKER_ERRORS as error:
+        # Recorded is accepted: the rows stay unmarked, and the sweep sends them once it can.
+        log.warning(
+            "broker unreachable (%s): %d listings wait in Postgres for the sweep", error, len(waiting)
+        )
     return results
 
 

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterable
 from functools import cached_property
 
+import kombu.exceptions
 import redis
 from celery import Celery
 
@@ -18,6 +19,8 @@ KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 # Written by the sweep, gone when Redis restarts empty (it keeps nothing on disk): its absence
 # means every message the broker held is lost.
 BROKER_MARK_KEY = "vitrine:broker-mark"
+# What a broker that is down or unreachable raises through Celery, kombu or redis-py.
+BROKER_ERRORS = (OSError, redis.RedisError, kombu.exceptions.KombuError)
 # Redis commands per pipelined round trip when publishing a list (two per message: the message
 # and its task-sent event). Should a flush fail, the rows stay unmarked and the sweep sends them.
 PUBLISH_BATCH = 1000

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import redis
 from pydantic import ValidationError
 from sqlalchemy import func, select, update
 
 from common.config import Settings
+from common.delivery import sweep
 from common.events import ListingEvent, ListingRefused, publish_listing, publish_listings, refusal
 from common.models import Listing, ListingStatus
 from common.queues import EMBED_QUEUE, EXPLAIN_QUEUE, REFIT_QUEUE, REFIT_TASK
 from common.runtime import Runtime
+from vitrine.devservices import free_port
 
 PHOTO = "https://img.example.com/a.jpg"
 
@@ -77,6 +81,31 @@ def test_publish_commits_the_row_then_sends_one_message_then_marks_it_sent(
         assert (listing.status, listing.seller_category, listing.attempts) == ("queued", "Watches", 0)
         assert listing.enqueued_at is not None
     assert _queued_messages(settings) == 1
+
+
+def test_listings_sent_while_the_broker_is_down_are_recorded_and_sent_by_the_sweep(
+    settings: Settings, runtime: Runtime, clean_db: None
+) -> None:
+    sweep(runtime.db, runtime.publisher, settings)  # the broker mark exists from here on
+    down = Runtime(settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"}))
+    try:
+        results = publish_listings(
+            down, [ListingEvent(listing_id=f"sku-{i}", image_url=f"{PHOTO}?{i}") for i in range(3)]
+        )
+    finally:
+        down.close()
+    assert [r.outcome for r in results] == ["created"] * 3
+    ids = [r.listing_id for r in results]
+    with runtime.db.transaction() as session:
+        rows = session.execute(select(Listing).where(Listing.id.in_(ids))).scalars().all()
+        assert {(row.status, row.enqueued_at) for row in rows} == {("queued", None)}
+        # As if the requeue delay had passed.
+        session.execute(
+            update(Listing).where(Listing.id.in_(ids)).values(updated_at=func.now() - timedelta(hours=1))
+        )
+    assert _queued_messages(settings) == 0
+    assert sweep(runtime.db, runtime.publisher, settings).listings == 3
+    assert _queued_messages(settings) == 3
 
 
 def test_republishing_the_same_listing_and_image_is_a_no_op(
