@@ -170,7 +170,7 @@ def record_listing(session: Session, event: ListingEvent) -> Published:
 
 
 def record_listings(session: Session, events: list[ListingEvent]) -> list[Published]:
-    """`record_listing` for many events, in their order: new listings in one multi-row INSERT.
+    """`record_listing` for many events, in their order: new listings by one INSERT statement.
 
     Only the events whose listing exists already (or repeats within the list) take the row-by-row
     path, which decides between `unchanged` and `requeued`.

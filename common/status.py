@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import kombu.exceptions
 import redis
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from common.config import Settings
 from common.db import Database
-from common.messages import producer_app, queue_lists
+from common.messages import BROKER_ERRORS, producer_app, queue_lists
 from common.models import ClusteringVersion, Embedding, Listing, ListingStatus, Suggestion
 from common.queues import QUEUES
 from common.storage import STORAGE_ERRORS, ObjectStore
@@ -248,6 +247,6 @@ def collect(
     if ping_timeout is not None and snapshot.services.get("redis") is None:
         try:
             snapshot.workers = ping_workers(settings, ping_timeout)
-        except (OSError, redis.RedisError, kombu.exceptions.KombuError):
+        except BROKER_ERRORS:
             snapshot.workers = None  # unknown, not "none answered"
     return snapshot
