@@ -42,9 +42,10 @@ JPEG_END = b"\xff\xd9"
 def decodable_on_device(header: Image.Image, data: bytes) -> bool:
     """Whether a checked (opened, not decoded) photo goes to the device's decoder.
 
-    Only complete baseline-mode RGB or grey JPEGs: a file cut short (no end-of-image marker) may be
-    decoded partially by a lenient codec, so it goes to the host's strict decoder, which refuses
-    it with the true reason (or decodes it, when only padding followed the marker).
+    Only RGB or grey JPEGs that end with the end-of-image marker: a file cut short might be
+    decoded in part by a lenient codec, so it goes to the host's strict decoder, which refuses it
+    with the true reason (and decodes it after all when something other than the cut followed
+    the marker).
     """
     return (
         header.format == "JPEG" and header.mode in DEVICE_JPEG_MODES and data.rstrip(b"\0")[-2:] == JPEG_END
