@@ -44,8 +44,8 @@ def decodable_on_device(header: Image.Image, data: bytes) -> bool:
 
     Only RGB or grey JPEGs that end with the end-of-image marker: a file cut short might be
     decoded in part by a lenient codec, so it goes to the host's strict decoder, which refuses it
-    with the true reason (and decodes it after all when something other than the cut followed
-    the marker).
+    with the true reason. A JPEG with bytes after its marker takes the host path too, and is
+    decoded there.
     """
     return (
         header.format == "JPEG" and header.mode in DEVICE_JPEG_MODES and data.rstrip(b"\0")[-2:] == JPEG_END
