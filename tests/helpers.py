@@ -22,6 +22,18 @@ def real_jpeg(index: int = 0) -> bytes:
     return sorted((FLIPKART / "images").glob("*.jpg"))[index].read_bytes()
 
 
+def jpeg_bytes(image: Image.Image, **save: object) -> bytes:
+    buffer = BytesIO()
+    image.save(buffer, format="JPEG", quality=92, **save)
+    return buffer.getvalue()
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def truncated_jpeg() -> bytes:
     data = real_jpeg(1)
     return data[: len(data) // 2]

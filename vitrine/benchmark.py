@@ -11,8 +11,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from io import BytesIO
 from pathlib import Path
@@ -117,6 +118,30 @@ def inprocess_ips(backbone: Backbone, photos: list[bytes], settings: Settings, b
         return len(photos) / (time.perf_counter() - started)
 
 
+@contextmanager
+def photo_worker(
+    photos: list[bytes], env: dict[str, str], log_path: Path, label: str
+) -> Iterator[tuple[Runtime, str]]:
+    """The photos served over HTTP as `{base}/{i}.jpg`, a real embed worker, and a runtime to
+    publish with and count rows; all stopped on exit. `env`: the VITRINE_* of scratch services."""
+    runtime = Runtime(with_environment(env))
+    files = {f"{i}.jpg": data for i, data in enumerate(photos)}
+    try:
+        with (
+            serve_bytes(files) as base,
+            celery_worker(
+                [EMBED_QUEUE],
+                # The photo server is private (loopback): allowed on its own port only.
+                env | {"VITRINE_FETCH_PRIVATE_HOSTS": base.removeprefix("http://")},
+                log_path,
+                f"{label}-{uuid.uuid4().hex[:6]}@%h",
+            ),
+        ):
+            yield runtime, base
+    finally:
+        runtime.close()
+
+
 def pipeline_ips(
     photos: list[bytes], env: dict[str, str], batch_size: int, log_path: Path, label: str
 ) -> float:
@@ -131,41 +156,23 @@ def pipeline_ips(
         "VITRINE_FLUSH_INTERVAL": "0.5",
         "VITRINE_EXPLAIN_SAMPLE_RATE": "0",
     }
-    runtime = Runtime(with_environment(worker_env))
-    files = {f"{i}.jpg": data for i, data in enumerate(photos)}
-    name = f"bench-{uuid.uuid4().hex[:6]}@%h"
-    try:
-        with (
-            serve_bytes(files) as base,
-            celery_worker(
-                [EMBED_QUEUE],
-                worker_env
-                | {
-                    # The photo server is private (loopback): allowed on its own port only.
-                    "VITRINE_FETCH_PRIVATE_HOSTS": base.removeprefix("http://"),
-                },
-                log_path,
-                name,
-            ),
-        ):
+    with photo_worker(photos, worker_env, log_path, "bench") as (runtime, base):
 
-            def publish(prefix: str, count: int) -> list[str]:
-                events = [
-                    ListingEvent(listing_id=f"{prefix}-{i}", image_url=f"{base}/{i % len(photos)}.jpg")
-                    for i in range(count)
-                ]
-                publish_listings(runtime, events)
-                return [event.listing_id for event in events]
+        def publish(prefix: str, count: int) -> list[str]:
+            events = [
+                ListingEvent(listing_id=f"{prefix}-{i}", image_url=f"{base}/{i % len(photos)}.jpg")
+                for i in range(count)
+            ]
+            publish_listings(runtime, events)
+            return [event.listing_id for event in events]
 
-            warm = publish(f"warm-{label}", batch_size)
-            _wait(lambda: _count(runtime, warm, done=True) == len(warm), 900, "the warm-up batch")
-            started = time.perf_counter()
-            ids = publish(f"run-{label}", len(photos))
-            _wait(lambda: _count(runtime, ids, done=True) == len(ids), 3600, "the benchmark listings")
-            elapsed = time.perf_counter() - started
+        warm = publish(f"warm-{label}", batch_size)
+        _wait(lambda: _count(runtime, warm, done=True) == len(warm), 900, "the warm-up batch")
+        started = time.perf_counter()
+        ids = publish(f"run-{label}", len(photos))
+        _wait(lambda: _count(runtime, ids, done=True) == len(ids), 3600, "the benchmark listings")
+        elapsed = time.perf_counter() - started
         failed = _count(runtime, ids, done=False)
-    finally:
-        runtime.close()
     if failed:
         raise RuntimeError(f"{failed} benchmark listings failed; see {log_path}")
     return len(ids) / elapsed
@@ -411,30 +418,17 @@ def listing_latencies(
         "VITRINE_BATCH_SIZE": str(batch_size),
         "VITRINE_FLUSH_INTERVAL": str(flush_interval),
     }
-    runtime = Runtime(with_environment(worker_env))
-    files = {f"{i}.jpg": data for i, data in enumerate(photos)}
-    try:
-        with (
-            serve_bytes(files) as base,
-            celery_worker(
-                [EMBED_QUEUE],
-                worker_env | {"VITRINE_FETCH_PRIVATE_HOSTS": base.removeprefix("http://")},
-                log_path,
-                f"latency-{uuid.uuid4().hex[:6]}@%h",
-            ),
-        ):
+    with photo_worker(photos, worker_env, log_path, "latency") as (runtime, base):
 
-            def event(listing_id: str, i: int) -> ListingEvent:
-                return ListingEvent(listing_id=listing_id, image_url=f"{base}/{i % len(photos)}.jpg")
+        def event(listing_id: str, i: int) -> ListingEvent:
+            return ListingEvent(listing_id=listing_id, image_url=f"{base}/{i % len(photos)}.jpg")
 
-            # Warm-up: the model loads with the first batch, not inside the measurement.
-            warm = [event(f"warm-{label}-{i}", i) for i in range(2)]
-            publish_listings(runtime, warm)
-            warm_ids = [e.listing_id for e in warm]
-            _wait(lambda: _count(runtime, warm_ids, done=True) == len(warm_ids), 900, "the warm-up")
-            return _timed_publishing(runtime, [event(f"lat-{label}-{i}", i) for i in range(n)], rate)
-    finally:
-        runtime.close()
+        # Warm-up: the model loads with the first batch, not inside the measurement.
+        warm = [event(f"warm-{label}-{i}", i) for i in range(2)]
+        publish_listings(runtime, warm)
+        warm_ids = [e.listing_id for e in warm]
+        _wait(lambda: _count(runtime, warm_ids, done=True) == len(warm_ids), 900, "the warm-up")
+        return _timed_publishing(runtime, [event(f"lat-{label}-{i}", i) for i in range(n)], rate)
 
 
 def _timed_publishing(runtime: Runtime, events: list[ListingEvent], rate: float) -> list[float]:
@@ -479,32 +473,19 @@ def _timed_publishing(runtime: Runtime, events: list[ListingEvent], rate: float)
 
 def seed_clustering(photos: list[bytes], env: dict[str, str], log_path: Path, k: int = 2) -> None:
     """A first clustering from labelled listings, so that new listings get their suggestion."""
-    runtime = Runtime(with_environment(env))
-    files = {f"{i}.jpg": data for i, data in enumerate(photos)}
-    try:
-        with (
-            serve_bytes(files) as base,
-            celery_worker(
-                [EMBED_QUEUE],
-                env | {"VITRINE_FETCH_PRIVATE_HOSTS": base.removeprefix("http://")},
-                log_path,
-                f"seed-{uuid.uuid4().hex[:6]}@%h",
-            ),
-        ):
-            events = [
-                ListingEvent(
-                    listing_id=f"seed-{i}", image_url=f"{base}/{i}.jpg", seller_category=f"category-{i % k}"
-                )
-                for i in range(len(photos))
-            ]
-            publish_listings(runtime, events)
-            ids = [e.listing_id for e in events]
-            _wait(lambda: _count(runtime, ids, done=True) == len(ids), 900, "the seed listings")
+    with photo_worker(photos, env, log_path, "seed") as (runtime, base):
+        events = [
+            ListingEvent(
+                listing_id=f"seed-{i}", image_url=f"{base}/{i}.jpg", seller_category=f"category-{i % k}"
+            )
+            for i in range(len(photos))
+        ]
+        publish_listings(runtime, events)
+        ids = [e.listing_id for e in events]
+        _wait(lambda: _count(runtime, ids, done=True) == len(ids), 900, "the seed listings")
         result = refit(runtime.db, runtime.settings, k=k)
-        if result.version_id is None:
-            raise RuntimeError(f"no clustering to suggest from: {result.skipped_reason}")
-    finally:
-        runtime.close()
+    if result.version_id is None:
+        raise RuntimeError(f"no clustering to suggest from: {result.skipped_reason}")
 
 
 def run_latency_benchmark(

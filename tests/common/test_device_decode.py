@@ -16,21 +16,9 @@ from common.config import ConfigError, load_settings
 from common.device_decode import decode_batch
 from common.vision import Backbone, embed_prepared, prepare_batch
 from tests.conftest import FLIPKART
-from tests.helpers import real_jpeg, truncated_jpeg
+from tests.helpers import jpeg_bytes, png_bytes, real_jpeg, truncated_jpeg
 
 EXIF_ORIENTATION = 0x0112
-
-
-def _jpeg(image: Image.Image, **save: object) -> bytes:
-    buffer = BytesIO()
-    image.save(buffer, format="JPEG", quality=92, **save)
-    return buffer.getvalue()
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _both_ways(backbone: Backbone, photos: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -85,10 +73,10 @@ def test_what_the_device_does_not_decode_goes_the_hosts_way_with_true_reasons(li
     exif[EXIF_ORIENTATION] = 6  # the pixels stored sideways, "rotate 90° clockwise to view"
     photos = {
         "jpeg": real_jpeg(2),
-        "sideways": _jpeg(upright.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes()),
-        "cmyk": _jpeg(upright.convert("CMYK")),
-        "grey": _jpeg(upright.convert("L")),
-        "png": _png(upright),
+        "sideways": jpeg_bytes(upright.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes()),
+        "cmyk": jpeg_bytes(upright.convert("CMYK")),
+        "grey": jpeg_bytes(upright.convert("L")),
+        "png": png_bytes(upright),
         "truncated": truncated_jpeg(),
         "html": b"<html>" * 100,
     }

@@ -30,22 +30,10 @@ from common.models import Listing
 from common.pipeline import Claimed, EmbedPipeline
 from common.runtime import Runtime
 from common.vision import Backbone
-from tests.helpers import real_jpeg
+from tests.helpers import jpeg_bytes, png_bytes, real_jpeg
 from vitrine.devservices import serve_bytes
 
 EXIF_ORIENTATION = 0x0112
-
-
-def _jpeg(image: Image.Image, **save: object) -> bytes:
-    buffer = BytesIO()
-    image.save(buffer, format="JPEG", quality=92, **save)
-    return buffer.getvalue()
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _photo(index: int = 3) -> Image.Image:
@@ -64,7 +52,7 @@ def test_exif_orientation_is_applied(lite0: Backbone) -> None:
     # What a phone stores: the pixels sideways, and a tag saying "rotate 90° clockwise to view".
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = 6
-    sideways = _jpeg(upright.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes())
+    sideways = jpeg_bytes(upright.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes())
 
     decoded = decode_image(sideways, load_settings()).image
 
@@ -80,7 +68,7 @@ def test_sixteen_bit_images_are_scaled_not_clipped_to_white() -> None:
     sixteen = Image.fromarray(grey * 257)  # 16-bit greyscale
     assert sixteen.mode.startswith("I;16")
 
-    decoded = np.asarray(decode_image(_png(sixteen), load_settings()).image, dtype=np.float32)
+    decoded = np.asarray(decode_image(png_bytes(sixteen), load_settings()).image, dtype=np.float32)
 
     assert decoded.shape[2] == 3
     assert abs(decoded.mean() - grey.mean()) < 2, (decoded.mean(), grey.mean())
@@ -94,7 +82,7 @@ def test_transparent_cutouts_are_composited_on_white() -> None:
     alpha[photo.height // 4 : -photo.height // 4, photo.width // 4 : -photo.width // 4] = 255
     cutout.putalpha(Image.fromarray(alpha))
 
-    decoded = np.asarray(decode_image(_png(cutout), load_settings()).image)
+    decoded = np.asarray(decode_image(png_bytes(cutout), load_settings()).image)
 
     assert (decoded[:5, :5] == 255).all() and (decoded[-5:, -5:] == 255).all()
     centre = decoded[photo.height // 2, photo.width // 2]
@@ -104,11 +92,11 @@ def test_transparent_cutouts_are_composited_on_white() -> None:
 def test_large_photos_are_reduced_while_decoding() -> None:
     big = _photo().resize((6000, 6000), Image.Resampling.BILINEAR)
     settings = load_settings()
-    for data in (_jpeg(big), _png(big)):
+    for data in (jpeg_bytes(big), png_bytes(big)):
         loaded = decode_image(data, settings, min_side=256)
         # Never below what the model's resize needs, and far below the original.
         assert 256 <= min(loaded.image.size) <= 1024, loaded.image.size
-    assert decode_image(_jpeg(big), settings).image.size == (6000, 6000)
+    assert decode_image(jpeg_bytes(big), settings).image.size == (6000, 6000)
 
 
 # --- Addresses ------------------------------------------------------------------------------------
