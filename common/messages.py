@@ -60,33 +60,32 @@ class Publisher:
         return redis.Redis.from_url(self.app.conf.broker_url, socket_connect_timeout=5, socket_timeout=10)
 
     def embed(self, listing_ids: Iterable[int], *, retry: int = 0, countdown: float | None = None) -> None:
-        """Ask for embeddings; `retry` > 0 marks a listing whose photo could not be had before."""
-        self._send(EMBED_TASK, EMBED_QUEUE, listing_ids, {"retry": retry} if retry else {}, countdown)
+        kwargs = {"retry": retry} if retry else {}
+        # One producer for the whole list, and its Redis commands sent in pipelined round trips
+        # (kombu's publish batch) rather than one round trip per message and per sent-event.
+        with self.app.producer_or_acquire() as producer, producer.batch(PUBLISH_BATCH):
+            for listing_id in listing_ids:
+                self.app.send_task(
+                    EMBED_TASK,
+                    args=[int(listing_id)],
+                    kwargs=kwargs,
+                    queue=EMBED_QUEUE,
+                    countdown=countdown,
+                    producer=producer,
+                )
 
     def explain(
         self, listing_ids: Iterable[int], *, attempt: int = 0, countdown: float | None = None
     ) -> None:
         """Ask for Grad-CAM overlays; `attempt` > 0 marks a retry, sent after `countdown` seconds."""
         kwargs = {"attempt": attempt} if attempt else {}
-        self._send(EXPLAIN_TASK, EXPLAIN_QUEUE, listing_ids, kwargs, countdown)
-
-    def _send(
-        self,
-        task: str,
-        queue: str,
-        listing_ids: Iterable[int],
-        kwargs: dict[str, int],
-        countdown: float | None,
-    ) -> None:
-        """One message per listing id. One producer for the whole list, and its Redis commands
-        sent in pipelined round trips (kombu's publish batch), not one per message and sent-event."""
         with self.app.producer_or_acquire() as producer, producer.batch(PUBLISH_BATCH):
             for listing_id in listing_ids:
                 self.app.send_task(
-                    task,
+                    EXPLAIN_TASK,
                     args=[int(listing_id)],
                     kwargs=kwargs,
-                    queue=queue,
+                    queue=EXPLAIN_QUEUE,
                     countdown=countdown,
                     producer=producer,
                 )
