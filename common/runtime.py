@@ -10,10 +10,10 @@ from functools import cached_property
 
 from celery import Celery
 
-from common.config import Settings
 from common.db import Database
-from common.messages import Publisher
-from common.storage import ObjectStore
+from common.delivery.publisher import Publisher
+from common.object_store import ObjectStore
+from common.settings import Settings
 
 
 class Runtime:

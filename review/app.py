@@ -17,9 +17,9 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from common.accounts import Identity
-from common.config import Settings, load_settings
+from common.moderation.accounts import Identity
 from common.runtime import Runtime
+from common.settings import Settings, load_settings
 from review.auth import Reader, Sessions, SignInRequired
 from review.routes import listings, pages, review_api
 

@@ -15,9 +15,9 @@ from typing import Any
 from fastapi import Depends, HTTPException, Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from common.accounts import Identity, active_account, token_identity
-from common.config import ConfigError, Settings
+from common.moderation.accounts import Identity, active_account, token_identity
 from common.runtime import Runtime
+from common.settings import ConfigError, Settings
 
 SESSION_COOKIE = "vitrine_session"
 CSRF_HEADER = "x-csrf-token"

@@ -49,8 +49,8 @@ ACTION_COLOURS = {"accept": "#2ca02c", "override": "#1f77b4", "skip": "#999999",
 def hourly_bars(per_hour: list[dict[str, Any]], now: datetime, hours: int = 48) -> dict[str, Any]:
     """Stacked bars, one per hour of the last `hours` (empty hours too), one colour per action.
 
-    `per_hour`: rows `{hour: ISO start of the hour (UTC), action, count}` as `common.review.stats`
-    gives them.
+    `per_hour`: rows `{hour: ISO start of the hour (UTC), action, count}` as
+    `common.moderation.decisions.stats` gives them.
     """
     last = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     starts = [last - timedelta(hours=hours - 1 - i) for i in range(hours)]

@@ -24,12 +24,12 @@ import pytest  # noqa: E402
 import redis  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from common.config import Settings, with_environment  # noqa: E402
 from common.db import Database, drop_database, migrate  # noqa: E402
+from common.object_store import ObjectStore  # noqa: E402
 from common.runtime import Runtime  # noqa: E402
-from common.storage import ObjectStore  # noqa: E402
-from common.vision import Backbone  # noqa: E402
-from vitrine.devservices import LocalServices, create_scratch_database, port_open  # noqa: E402
+from common.settings import Settings, with_environment  # noqa: E402
+from common.vision.backbone import Backbone  # noqa: E402
+from vitrine.local.services import LocalServices, create_scratch_database, port_open  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

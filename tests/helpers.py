@@ -8,13 +8,13 @@ from io import BytesIO
 from PIL import Image
 from sqlalchemy import select
 
-from common.config import Settings
 from common.db import Database
-from common.models import Listing, ListingStatus, Suggestion
-from common.pipeline import EmbedPipeline
-from common.refit import refit
-from common.storage import ObjectStore
-from common.vision import Backbone
+from common.jobs.embed import EmbedPipeline
+from common.jobs.refit import refit
+from common.object_store import ObjectStore
+from common.schema import Listing, ListingStatus, Suggestion
+from common.settings import Settings
+from common.vision.backbone import Backbone
 from tests.conftest import FLIPKART
 
 

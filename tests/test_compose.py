@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from common.config import ENV_PREFIX, Settings
+from common.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"

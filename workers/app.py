@@ -12,9 +12,9 @@ from typing import Any
 
 from celery import Celery
 
-from common.config import Settings, load_settings
-from common.queues import EMBED_QUEUE, REFIT_QUEUE, REFIT_TASK, SWEEP_TASK, declarations, routes
+from common.delivery.queues import EMBED_QUEUE, REFIT_QUEUE, REFIT_TASK, SWEEP_TASK, declarations, routes
 from common.runtime import Runtime
+from common.settings import Settings, load_settings
 
 RESTORE_SCAN_SECONDS = 5
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.queues import EMBED_QUEUE, REFIT_QUEUE
+from common.delivery.queues import EMBED_QUEUE, REFIT_QUEUE
 
 
 def worker_argv(queues: list[str], python: str, loglevel: str = "INFO", name: str | None = None) -> list[str]:

@@ -1,4 +1,4 @@
-"""Queue `embed`: batches of listing ids through the backbone (see `common.pipeline`)."""
+"""Queue `embed`: batches of listing ids through the backbone (see `common.jobs.embed`)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from celery.signals import worker_init
 from celery_batches import SimpleRequest
 from sqlalchemy.exc import SQLAlchemyError
 
-from common.config import ConfigError
-from common.delivery import request_explanations, send_listings
-from common.pipeline import BatchReport, EmbedPipeline
-from common.queues import EMBED_QUEUE, EMBED_TASK
-from common.vision import Backbone, check_device
+from common.delivery.outbox import request_explanations, send_listings
+from common.delivery.queues import EMBED_QUEUE, EMBED_TASK
+from common.jobs.embed import BatchReport, EmbedPipeline
+from common.settings import ConfigError
+from common.vision.backbone import Backbone, check_device
 from workers.app import app, runtime
 from workers.batching import BROKER_ERRORS, BatchFailed, ReliableBatches, batch_events
 

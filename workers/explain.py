@@ -1,4 +1,7 @@
-"""Queue `explain`: batches of listing ids → Grad-CAM overlays in object storage (see `common.explain`)."""
+"""Queue `explain`: batches of listing ids → Grad-CAM overlays in object storage.
+
+The work is `common.jobs.explain`.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ from celery_batches import SimpleRequest
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.db import until_available
-from common.explain import ExplainReport, explain_listings, record_explain_errors, retry_delay
-from common.queues import EXPLAIN_TASK
-from common.vision import Backbone
+from common.delivery.queues import EXPLAIN_TASK
+from common.jobs.explain import ExplainReport, explain_listings, record_explain_errors, retry_delay
+from common.vision.backbone import Backbone
 from workers.app import app, runtime
 from workers.batching import BROKER_ERRORS, ExplainBatches, batch_events
 

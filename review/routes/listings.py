@@ -11,12 +11,12 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from common.accounts import Identity
-from common.events import ListingEvent, publish_listings, refusal
-from common.listings import MAX_WAIT, WAIT_POLL, listing_view
-from common.models import TERMINAL_STATUSES
+from common.listings.events import ListingEvent, publish_listings, refusal
+from common.listings.views import MAX_WAIT, WAIT_POLL, listing_view
+from common.moderation.accounts import Identity
+from common.object_store import STORAGE_ERRORS
 from common.runtime import Runtime
-from common.storage import STORAGE_ERRORS
+from common.schema import TERMINAL_STATUSES
 from review.auth import Ingest, Reader, runtime_of
 
 router = APIRouter(prefix="/api/v1", tags=["listings"])

@@ -15,12 +15,12 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
-from common import review
-from common.accounts import Identity, authenticate
-from common.imaging import parse_s3_url
-from common.listings import labelled_neighbours, listing_view
+from common.listings.views import labelled_neighbours, listing_view
+from common.moderation import decisions as review
+from common.moderation.accounts import Identity, authenticate
+from common.object_store import STORAGE_ERRORS
+from common.photos.fetch import parse_s3_url
 from common.runtime import Runtime
-from common.storage import STORAGE_ERRORS
 from review.auth import CSRF_FIELD, Moderator, check_form_csrf, new_csrf, runtime_of, sessions_of
 from review.charts import hourly_bars, line_chart
 from review.routes.review_api import dashboard_figures

@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
-from common import review
-from common.accounts import Identity
-from common.queues import QUEUES
+from common.delivery.queues import QUEUES
+from common.moderation import decisions as review
+from common.moderation.accounts import Identity
 from common.runtime import Runtime
 from review.auth import Reviewer, runtime_of
 

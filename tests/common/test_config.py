@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import ConfigError, load_settings
+from common.settings import ConfigError, load_settings
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.config import ConfigError, load_settings
-from common.vision import Backbone, pad_to_square
+from common.settings import ConfigError, load_settings
+from common.vision.backbone import Backbone, pad_to_square
 from tests.conftest import LITE0_WEIGHTS
 
 

@@ -11,14 +11,14 @@ import numpy as np
 import redis
 from sqlalchemy import func, select, update
 
-from common.config import Settings
-from common.delivery import SweepResult, request_explanations, sweep
-from common.events import publish_listing
-from common.models import ClusteringVersion, Listing, ListingStatus, Suggestion
-from common.queues import EMBED_QUEUE, EXPLAIN_QUEUE
+from common.delivery.outbox import SweepResult, request_explanations, sweep
+from common.delivery.queues import EMBED_QUEUE, EXPLAIN_QUEUE
+from common.listings.events import publish_listing
 from common.runtime import Runtime
+from common.schema import ClusteringVersion, Listing, ListingStatus, Suggestion
+from common.settings import Settings
 from tests.faults.stack import Server
-from vitrine.devservices import free_port, redis_argv
+from vitrine.local.services import free_port, redis_argv
 
 
 def _depth(settings: Settings, queue: str) -> int:

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from common.config import ConfigError, load_settings
-from common.device_decode import decode_batch
-from common.vision import Backbone, embed_prepared, prepare_batch
+from common.settings import ConfigError, load_settings
+from common.vision.backbone import Backbone, embed_prepared, prepare_batch
+from common.vision.device_decode import decode_batch
 from tests.conftest import FLIPKART
 from tests.helpers import jpeg_bytes, png_bytes, real_jpeg, truncated_jpeg
 

@@ -9,13 +9,13 @@ import redis
 from pydantic import ValidationError
 from sqlalchemy import func, select, update
 
-from common.config import Settings
-from common.delivery import sweep
-from common.events import ListingEvent, ListingRefused, publish_listing, publish_listings, refusal
-from common.models import Listing, ListingStatus
-from common.queues import EMBED_QUEUE, EXPLAIN_QUEUE, REFIT_QUEUE, REFIT_TASK
+from common.delivery.outbox import sweep
+from common.delivery.queues import EMBED_QUEUE, EXPLAIN_QUEUE, REFIT_QUEUE, REFIT_TASK
+from common.listings.events import ListingEvent, ListingRefused, publish_listing, publish_listings, refusal
 from common.runtime import Runtime
-from vitrine.devservices import free_port
+from common.schema import Listing, ListingStatus
+from common.settings import Settings
+from vitrine.local.services import free_port
 
 PHOTO = "https://img.example.com/a.jpg"
 

@@ -12,20 +12,20 @@ import timm
 from PIL import Image
 from sqlalchemy import select, update
 
-from common.config import Settings
 from common.db import Database
-from common.delivery import follow_up_refit
-from common.explain import explain_listings, object_keys, presigned_url, retry_delay
-from common.gradcam import TARGET_CENTROID, TARGET_IMAGENET, gradcam, render_pngs, target_layer_name
-from common.models import Listing, Suggestion
-from common.queues import EXPLAIN_QUEUE
-from common.refit import refit
+from common.delivery.outbox import follow_up_refit
+from common.delivery.queues import EXPLAIN_QUEUE
+from common.jobs.explain import explain_listings, object_keys, presigned_url, retry_delay
+from common.jobs.refit import refit
+from common.object_store import ObjectStore
 from common.runtime import Runtime
-from common.storage import ObjectStore
-from common.vision import Backbone
+from common.schema import Listing, Suggestion
+from common.settings import Settings
+from common.vision.backbone import Backbone
+from common.vision.gradcam import TARGET_CENTROID, TARGET_IMAGENET, gradcam, render_pngs, target_layer_name
 from tests.conftest import FLIPKART
 from tests.helpers import count_objects, flipkart_rows, seed_listings, suggestions
-from vitrine.devservices import free_port
+from vitrine.local.services import free_port
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

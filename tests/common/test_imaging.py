@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.config import Settings, load_settings
-from common.imaging import (
+from common.object_store import ObjectStore
+from common.photos.fetch import (
     FailureReason,
     Fault,
     ImageRejected,
@@ -14,9 +14,9 @@ from common.imaging import (
     fetch_http,
     fetch_image_bytes,
 )
-from common.storage import ObjectStore
+from common.settings import Settings, load_settings
 from tests.helpers import animated_gif, decompression_bomb, real_jpeg, truncated_jpeg
-from vitrine.devservices import free_port, serve_bytes
+from vitrine.local.services import free_port, serve_bytes
 
 
 def _rejected(reason: FailureReason, call, *args) -> ImageRejected:  # type: ignore[no-untyped-def]

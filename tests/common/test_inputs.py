@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from common.config import Settings, load_settings
-from common.imaging import (
+from common.jobs.embed import Claimed, EmbedPipeline
+from common.photos.fetch import (
     FailureReason,
     Fault,
     ImageRejected,
@@ -26,12 +26,12 @@ from common.imaging import (
     fetch_http,
     fetch_image_bytes,
 )
-from common.models import Listing
-from common.pipeline import Claimed, EmbedPipeline
 from common.runtime import Runtime
-from common.vision import Backbone
+from common.schema import Listing
+from common.settings import Settings, load_settings
+from common.vision.backbone import Backbone
 from tests.helpers import jpeg_bytes, png_bytes, real_jpeg
-from vitrine.devservices import serve_bytes
+from vitrine.local.services import serve_bytes
 
 EXIF_ORIENTATION = 0x0112
 
@@ -269,7 +269,7 @@ def test_our_store_being_away_never_counts_against_a_listing(
 ) -> None:
     ids = _listings(runtime, {"waiting": f"s3://{settings.images_bucket}/good.jpg"})
     away = settings.model_copy(update={"s3_endpoint": f"127.0.0.1:{_closed_port()}"})
-    from common.storage import ObjectStore
+    from common.object_store import ObjectStore
 
     pipeline = EmbedPipeline(away, runtime.db, lite0, ObjectStore.from_settings(away))
     for _ in range(settings.max_attempts + 2):

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from sqlalchemy import func, insert, select
 
-from common.config import Settings
 from common.db import Database
-from common.embeddings import iter_embeddings
-from common.models import (
+from common.jobs.refit import refit, refit_lock
+from common.schema import (
     ClusteringVersion,
     Embedding,
     Listing,
@@ -17,8 +16,9 @@ from common.models import (
     ModeratorDecision,
     Suggestion,
 )
-from common.refit import refit, refit_lock
-from common.suggestions import ReviewReason
+from common.settings import Settings
+from common.suggestions.corpus import iter_embeddings
+from common.suggestions.rows import ReviewReason
 
 BACKBONE = "efficientnet_lite0@synthetic"
 CATEGORIES = ("bags", "lamps", "shoes")
@@ -303,7 +303,7 @@ def test_refit_suggests_for_more_listings_than_one_statement_can_carry(
 
 
 def test_knn_scoring_in_blocks_matches_scoring_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from common import suggest
+    from common.suggestions.rows import model as suggest
 
     vectors, truth = blobs(50)
     index = {c: i for i, c in enumerate(CATEGORIES)}
@@ -354,7 +354,7 @@ def test_refit_fits_the_fused_model_stores_its_threshold_and_each_signal(
         assert suggestions[ids[0]].signals["title"]["category"] == truth[0]  # type: ignore[index]
         assert all(s.needs_review == (s.confidence < version.threshold) for s in suggestions.values())
         # A worker loads the same fitted model from the version and suggests the same.
-        from common.suggestions import load_suggestion_model
+        from common.suggestions.rows import load_suggestion_model
 
         model = load_suggestion_model(session, BACKBONE, fused)
         assert model is not None and model.version_id == version.id

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.config import Settings
-from common.fitting import estimate_threshold, fit_suggestion_model
-from common.suggest import ACCEPT_NONE, Fitted, LabelledSet, fuse
-from common.suggestions import ReviewReason, review_reason
+from common.settings import Settings
+from common.suggestions.fitting import estimate_threshold, fit_suggestion_model
+from common.suggestions.model import ACCEPT_NONE, Fitted, LabelledSet, fuse
+from common.suggestions.rows import ReviewReason, review_reason
 
 CATEGORIES = ["bags", "lamps", "shoes"]
 DIM = 6

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from common.config import ConfigError, load_settings
-from common.vision import Backbone, WeightsUnavailable
+from common.settings import ConfigError, load_settings
+from common.vision.backbone import Backbone, WeightsUnavailable
 from tests.conftest import FLIPKART, LITE0_WEIGHTS
 
 
@@ -95,8 +95,8 @@ def test_pretrained_features_separate_categories_better_than_random(flipkart_lab
 
 
 def test_prepare_batch_isolates_a_bad_photo_and_keeps_the_order() -> None:
-    from common.imaging import ImageRejected, decode_image
-    from common.vision import embed_prepared, prepare_batch
+    from common.photos.fetch import ImageRejected, decode_image
+    from common.vision.backbone import embed_prepared, prepare_batch
     from tests.helpers import real_jpeg
 
     backbone = Backbone.load("test_efficientnet", allow_random=True)
@@ -161,14 +161,14 @@ def test_fp32_keeps_the_plain_backbone_id() -> None:
     [("cpu", "auto", "fp32"), ("cuda", "auto", "bf16"), ("cpu", "int8", "int8"), ("cuda", "fp32", "fp32")],
 )
 def test_auto_precision_follows_the_device(device: str, requested: str, expected: str) -> None:
-    from common.vision import resolve_precision
+    from common.vision.backbone import resolve_precision
 
     assert resolve_precision(requested, torch.device(device)) == expected
 
 
 @pytest.mark.parametrize(("device", "requested"), [("cuda", "int8"), ("cpu", "bf16")])
 def test_a_precision_the_device_cannot_run_is_refused(device: str, requested: str) -> None:
-    from common.vision import resolve_precision
+    from common.vision.backbone import resolve_precision
 
     with pytest.raises(ConfigError, match="VITRINE_PRECISION"):
         resolve_precision(requested, torch.device(device))
@@ -177,7 +177,7 @@ def test_a_precision_the_device_cannot_run_is_refused(device: str, requested: st
 def test_torch_threads_come_from_the_setting_or_the_usable_cpus() -> None:
     import os
 
-    from common.vision import set_torch_threads
+    from common.vision.backbone import set_torch_threads
 
     before = torch.get_num_threads()
     try:

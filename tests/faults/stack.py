@@ -28,13 +28,13 @@ from sqlalchemy import func
 from sqlalchemy import select as sql_select
 from sqlalchemy.exc import OperationalError
 
-from common.config import Settings, with_environment
 from common.db import migrate
-from common.events import ListingEvent, publish_listings
-from common.models import TERMINAL_STATUSES, Listing
+from common.listings.events import ListingEvent, publish_listings
 from common.runtime import Runtime
+from common.schema import TERMINAL_STATUSES, Listing
+from common.settings import Settings, with_environment
 from tests.conftest import FLIPKART, LITE0_WEIGHTS
-from vitrine.devservices import as_postgres_user, find_binary, free_port, redis_argv, wait_for_port
+from vitrine.local.services import as_postgres_user, find_binary, free_port, redis_argv, wait_for_port
 from workers.command import worker_argv
 
 

@@ -20,12 +20,12 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from common.models import ClusteringVersion, Embedding, Listing, Suggestion
-from common.pipeline import EmbedPipeline
-from common.queues import EMBED_QUEUE, REFIT_QUEUE
-from common.refit import refit
+from common.delivery.queues import EMBED_QUEUE, REFIT_QUEUE
+from common.jobs.embed import EmbedPipeline
+from common.jobs.refit import refit
 from common.runtime import Runtime
-from common.vision import Backbone
+from common.schema import ClusteringVersion, Embedding, Listing, Suggestion
+from common.vision.backbone import Backbone
 from tests.conftest import FLIPKART, LITE0_WEIGHTS
 from tests.faults.stack import Stack, count_terminal, fault_stack, wait_until
 
@@ -177,7 +177,7 @@ def test_a_photo_that_kills_its_worker_fails_alone(stack: Stack, runtime: Runtim
     runtime.store.ensure_bucket(settings.images_bucket)
     runtime.store.put_bytes(settings.images_bucket, "photos/crash.jpg", crashing_photo(), "image/jpeg")
     ids = listings(stack, runtime, 60)
-    from common.events import publish_listing
+    from common.listings.events import publish_listing
 
     publish_listing(runtime, "crasher", f"s3://{settings.images_bucket}/photos/crash.jpg")
     ids += listings(stack, runtime, 60, prefix="after")

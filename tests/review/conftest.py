@@ -10,11 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from common.accounts import add_token, add_user
-from common.config import Settings
 from common.db import Database
-from common.models import ClusteringVersion, Listing, ListingStatus, Suggestion
+from common.moderation.accounts import add_token, add_user
 from common.runtime import Runtime
+from common.schema import ClusteringVersion, Listing, ListingStatus, Suggestion
+from common.settings import Settings
 from review.app import create_app
 
 PASSWORD = "correct horse battery"

@@ -6,8 +6,8 @@ import re
 
 from fastapi.testclient import TestClient
 
-from common.accounts import disable_user
 from common.db import Database
+from common.moderation.accounts import disable_user
 from tests.review.conftest import PASSWORD, Tokens, bearer
 
 

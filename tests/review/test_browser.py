@@ -21,11 +21,11 @@ from PIL import Image
 from playwright.sync_api import Page, sync_playwright
 from sqlalchemy import update
 
-from common.config import Settings
 from common.db import Database
-from common.models import ClusteringVersion, Listing, Suggestion
+from common.object_store import ObjectStore
 from common.runtime import Runtime
-from common.storage import ObjectStore
+from common.schema import ClusteringVersion, Listing, Suggestion
+from common.settings import Settings
 from review.app import create_app
 from tests.conftest import FLIPKART, ROOT
 from tests.review.conftest import PASSWORD, Tokens, add_flagged

@@ -9,10 +9,10 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from common.config import Settings
 from common.db import Database
-from common.models import Listing, ListingStatus
-from common.queues import EMBED_QUEUE
+from common.delivery.queues import EMBED_QUEUE
+from common.schema import Listing, ListingStatus
+from common.settings import Settings
 from tests.review.conftest import Tokens, add_flagged, bearer
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from common.config import Settings
+from common.settings import Settings
 from vitrine.cli import CommandState, app, register
 
 register()

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import ROOT
-from vitrine.benchmark import gpu_summary
+from vitrine.bench.embed import gpu_summary
 
 
 def test_gpu_script_runs_on_cpu_and_prints_one_json_line(service_env: dict[str, str]) -> None:
@@ -73,7 +73,7 @@ def test_the_script_is_executable() -> None:
 
 
 def test_latency_percentiles_are_in_milliseconds() -> None:
-    from vitrine.benchmark import percentiles
+    from vitrine.bench.embed import percentiles
 
     run = percentiles(32, 0.25, [0.1] * 98 + [1.0, 2.0])
     assert (run.n, run.p50_ms, run.max_ms) == (100, 100.0, 2000.0)

@@ -11,12 +11,12 @@ import redis
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from common.config import Settings
-from common.models import Listing
-from common.pipeline import EmbedPipeline
-from common.queues import EMBED_QUEUE
+from common.delivery.queues import EMBED_QUEUE
+from common.jobs.embed import EmbedPipeline
 from common.runtime import Runtime
-from common.vision import Backbone
+from common.schema import Listing
+from common.settings import Settings
+from common.vision.backbone import Backbone
 from tests.conftest import FLIPKART, LITE0_WEIGHTS
 from vitrine.cli import CommandState, app, register
 
@@ -97,7 +97,7 @@ def test_clear_errors_for_bad_arguments(
 def test_refit_while_another_runs_is_not_an_error(
     settings: Settings, runtime: Runtime, clean_db: None
 ) -> None:
-    from common.refit import refit_lock
+    from common.jobs.refit import refit_lock
 
     with refit_lock(runtime.db) as acquired:
         assert acquired

@@ -5,10 +5,10 @@ from __future__ import annotations
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from common.accounts import authenticate, token_identity
-from common.config import Settings
 from common.db import Database
-from common.models import Account, ApiToken
+from common.moderation.accounts import authenticate, token_identity
+from common.schema import Account, ApiToken
+from common.settings import Settings
 from vitrine.cli import CommandState, app, register
 
 register()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from vitrine.demo import DEMO_MODERATOR, DemoEnvironment, prepare_database, write_environment
+from vitrine.local.supervision import DEMO_MODERATOR, DemoEnvironment, prepare_database, write_environment
 
 
 def test_the_demo_environment_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
@@ -23,10 +23,10 @@ def test_the_demo_environment_file_is_readable_by_its_owner_only(tmp_path: Path)
 def test_the_demo_database_is_new_each_run_unless_kept(service_env: dict[str, str]) -> None:
     from sqlalchemy.engine import make_url
 
-    from common.accounts import authenticate
     from common.db import Database, drop_database
-    from common.models import Listing
-    from vitrine.devservices import create_scratch_database
+    from common.moderation.accounts import authenticate
+    from common.schema import Listing
+    from vitrine.local.services import create_scratch_database
 
     url = create_scratch_database(service_env["VITRINE_DATABASE_URL"], "vitrine_demo_test")
     name = make_url(url).database

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from common.events import publish_listing
-from common.queues import EMBED_QUEUE, EMBED_TASK, REFIT_QUEUE, SWEEP_TASK
+from common.delivery.queues import EMBED_QUEUE, EMBED_TASK, REFIT_QUEUE, SWEEP_TASK
+from common.listings.events import publish_listing
 from common.runtime import Runtime
-from vitrine.devservices import celery_worker, free_port
+from vitrine.local.services import celery_worker, free_port
 
 VITRINE = Path(sys.executable).parent / "vitrine"
 USER, PASSWORD = "moderator-ops", "s3cret-Pa55:word"

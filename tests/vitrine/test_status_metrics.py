@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.config import Settings
 from common.db import Database
-from common.messages import Publisher
-from common.models import ClusteringVersion, Embedding, Listing, Suggestion
-from common.queues import EMBED_QUEUE, EMBED_TASK
-from vitrine.devservices import free_port
+from common.delivery.publisher import Publisher
+from common.delivery.queues import EMBED_QUEUE, EMBED_TASK
+from common.schema import ClusteringVersion, Embedding, Listing, Suggestion
+from common.settings import Settings
+from vitrine.local.services import free_port
 
 VITRINE = Path(sys.executable).parent / "vitrine"
 BACKBONE = "efficientnet_lite0@0123abcd"

@@ -10,11 +10,11 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from typer.testing import CliRunner
 
-from common.config import load_settings
+from common.settings import load_settings
 from tests.conftest import FLIPKART, LITE0_WEIGHTS
 from vitrine.cli import app, register
-from vitrine.photos import list_images, read_labels
-from vitrine.study import EvaluationError, ModelSpec, evaluate
+from vitrine.evaluation.study import EvaluationError, ModelSpec, evaluate
+from vitrine.local.folder import list_images, read_labels
 
 IMAGES = FLIPKART / "images"
 LABELS = FLIPKART / "labels.csv"
@@ -204,7 +204,7 @@ def test_another_precision_is_reported_beside_fp32_with_the_cosine_between_them(
 
 
 def test_a_precision_the_device_cannot_run_is_refused_before_any_work(tmp_path: Path) -> None:
-    from common.config import ConfigError
+    from common.settings import ConfigError
 
     with pytest.raises(ConfigError, match="bf16"):
         evaluate(list_images(IMAGES, 20), read_labels(LABELS, "category"), [LITE0], tmp_path, SETTINGS,

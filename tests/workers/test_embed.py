@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from common.config import Settings
 from common.db import Database
-from common.events import ListingEvent, publish_listings
-from common.models import TERMINAL_STATUSES, Embedding, Listing, Suggestion
-from common.refit import refit
+from common.jobs.refit import refit
+from common.listings.events import ListingEvent, publish_listings
 from common.runtime import Runtime
+from common.schema import TERMINAL_STATUSES, Embedding, Listing, Suggestion
+from common.settings import Settings
 from tests.conftest import FLIPKART
 from tests.helpers import decompression_bomb, real_jpeg, truncated_jpeg
-from vitrine.devservices import celery_worker, free_port, serve_bytes
+from vitrine.local.services import celery_worker, free_port, serve_bytes
 
 pytestmark = pytest.mark.slow
 PER_CATEGORY = 15  # 7 categories → 105 listings
@@ -180,7 +180,7 @@ def test_listing_events_become_suggestions_and_bad_photos_fail_alone(
 def test_an_embed_worker_refuses_to_start_with_a_precision_its_device_cannot_run(
     child_env: dict[str, str], tmp_path: Path
 ) -> None:
-    from vitrine.devservices import ServiceUnavailable
+    from vitrine.local.services import ServiceUnavailable
 
     env = {**child_env, "VITRINE_DEVICE": "cpu", "VITRINE_PRECISION": "bf16"}
     with (

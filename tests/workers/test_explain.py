@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from common.config import Settings
-from common.queues import EXPLAIN_QUEUE
+from common.delivery.queues import EXPLAIN_QUEUE
+from common.object_store import ObjectStore
 from common.runtime import Runtime
-from common.storage import ObjectStore
-from common.vision import Backbone
+from common.settings import Settings
+from common.vision.backbone import Backbone
 from tests.helpers import count_objects, flipkart_rows, seed_listings, suggestions
-from vitrine.devservices import celery_worker
+from vitrine.local.services import celery_worker
 
 pytestmark = pytest.mark.slow
 

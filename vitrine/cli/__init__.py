@@ -13,8 +13,8 @@ from functools import cached_property
 import typer
 from rich.console import Console
 
-from common.config import ConfigError, Settings, load_settings
 from common.runtime import Runtime
+from common.settings import ConfigError, Settings, load_settings
 
 app = typer.Typer(help="Vitrine: categorise marketplace listings from their photos.", no_args_is_help=True)
 console = Console(stderr=True)

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from common.accounts import AccountError, add_token, add_user, disable_user, list_users
-from common.models import AccountRole, TokenScope
+from common.moderation.accounts import AccountError, add_token, add_user, disable_user, list_users
+from common.schema import AccountRole, TokenScope
 from vitrine.cli import app, console, state
 
 users_app = typer.Typer(help="Moderator accounts of the review app.", no_args_is_help=True)

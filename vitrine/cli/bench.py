@@ -36,7 +36,7 @@ def bench_embed(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Images/s through Redis and a real worker vs. a tight in-process loop, and vs. batch size 1."""
-    from vitrine.benchmark import run_embed_benchmark
+    from vitrine.bench.embed import run_embed_benchmark
 
     settings = state(ctx).settings
     if device:
@@ -78,7 +78,7 @@ def bench_review(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """p50/p95 of claim and of reading a listing, and ingest listings/s, over HTTP on a scratch database."""
-    from vitrine.review_bench import run_review_benchmark
+    from vitrine.bench.review import run_review_benchmark
 
     log_dir.mkdir(parents=True, exist_ok=True)
     result = run_review_benchmark(state(ctx).settings, n, claims, reads, ingest_batches, log_dir)
@@ -114,7 +114,7 @@ def bench_latency(
 ) -> None:
     """Milliseconds from publishing a listing to its committed suggestion, one listing at a time,
     at the batch size and flush interval(s) given and at batch size 1, in one run."""
-    from vitrine.benchmark import run_latency_benchmark
+    from vitrine.bench.embed import run_latency_benchmark
 
     settings = state(ctx).settings
     log_dir.mkdir(parents=True, exist_ok=True)

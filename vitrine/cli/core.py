@@ -11,9 +11,9 @@ from typing import Annotated
 import typer
 from rich.progress import Progress
 
-from common.queues import QUEUES
+from common.delivery.queues import QUEUES
 from vitrine.cli import app, console, state
-from vitrine.photos import FolderError, publish_folder
+from vitrine.local.folder import FolderError, publish_folder
 from workers.command import worker_argv
 
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
@@ -76,9 +76,9 @@ def worker(
 @app.command()
 def refit(ctx: typer.Context, k: Annotated[int | None, typer.Option(min=2)] = None) -> None:
     """Refit the clusters now (the same function the periodic task runs)."""
-    from common.delivery import follow_up_refit
-    from common.refit import SKIPPED_RUNNING
-    from common.refit import refit as run_refit
+    from common.delivery.outbox import follow_up_refit
+    from common.jobs.refit import SKIPPED_RUNNING
+    from common.jobs.refit import refit as run_refit
 
     runtime = state(ctx).runtime
     result = run_refit(runtime.db, runtime.settings, k=k)

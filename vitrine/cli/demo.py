@@ -12,14 +12,14 @@ import typer
 from rich.progress import Progress
 from sqlalchemy.engine import make_url
 
-from common.config import Settings
-from common.delivery import follow_up_refit
-from common.refit import RefitResult, refit
+from common.delivery.outbox import follow_up_refit
+from common.jobs.refit import RefitResult, refit
 from common.runtime import Runtime
-from vitrine import demo as supervision
+from common.settings import Settings
 from vitrine.cli import app, console, state
-from vitrine.devservices import ServiceUnavailable
-from vitrine.photos import FolderError, publish_folder
+from vitrine.local import supervision
+from vitrine.local.folder import FolderError, publish_folder
+from vitrine.local.services import ServiceUnavailable
 
 STATE_DIR = Path(".vitrine")
 EMBED_TIMEOUT = 3600.0

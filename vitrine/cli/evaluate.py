@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vitrine.cli import app, console, state
-from vitrine.photos import FolderError, list_images, read_labels
+from vitrine.local.folder import FolderError, list_images, read_labels
 
 
 @app.command()
@@ -47,8 +47,8 @@ def evaluate(
     ] = "fp32",
 ) -> None:
     """Embed each photo once per model; report ARI/NMI of KMeans and held-out suggestion accuracy."""
-    from vitrine.study import EvaluationError, ModelSpec
-    from vitrine.study import evaluate as run_evaluation
+    from vitrine.evaluation.study import EvaluationError, ModelSpec
+    from vitrine.evaluation.study import evaluate as run_evaluation
 
     try:
         label_map = read_labels(labels, label_column)

@@ -20,9 +20,9 @@ def explain(
     out: Annotated[Path | None, typer.Option(help="Where to write the overlay PNG.")] = None,
 ) -> None:
     """Write the Grad-CAM overlay PNG of LISTING_ID, computing and storing it if needed."""
-    from common.explain import explain_listings, presigned_url
-    from common.models import Listing, Suggestion
-    from common.vision import Backbone
+    from common.jobs.explain import explain_listings, presigned_url
+    from common.schema import Listing, Suggestion
+    from common.vision.backbone import Backbone
 
     runtime = state(ctx).runtime
     settings, store = runtime.settings, runtime.store

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from common.config import ENV_PREFIX
+from common.settings import ENV_PREFIX
 from vitrine.cli import app, console, state
 
 FLOWER_OVERRIDDEN = frozenset(
@@ -95,8 +95,8 @@ def metrics(
     """Serve Prometheus metrics (queues, listings, failures, review backlog, clustering) on /metrics."""
     from prometheus_client import start_http_server
 
-    from common.metrics import registry
-    from common.status import status_database
+    from common.ops.metrics import registry
+    from common.ops.status import status_database
 
     settings = state(ctx).settings
     listen = port or settings.metrics_port
@@ -122,7 +122,7 @@ def status(
     ] = 1.0,
 ) -> None:
     """Listings, review backlog, clustering, queues and workers; non-zero exit when a service is down."""
-    from common.status import collect, status_database
+    from common.ops.status import collect, status_database
 
     settings = state(ctx).settings
     db = status_database(settings)

@@ -11,7 +11,7 @@ import signal
 CRASH_MARKER = b"VITRINE-CRASH-TEST"
 
 try:
-    import common.imaging as imaging
+    import common.photos.fetch as imaging
 except ImportError:  # not a Vitrine process
     imaging = None
 

@@ -1,0 +1,1 @@
+"""One plain function per queue (embed, explain, refit): the work, without Celery."""

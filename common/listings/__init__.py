@@ -1,0 +1,1 @@
+"""Listings as marketplaces send them and as they may be read back."""

@@ -1,0 +1,112 @@
+"""What a marketplace or a moderator may read about one listing, and waiting for its outcome."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.moderation.decisions import decision_of
+from common.schema import Embedding, Listing, Suggestion
+from common.suggestions.corpus import label_expression
+
+MAX_WAIT = 30.0
+# Between two looks at a listing awaited by a client (`?wait=`): each look is a short transaction.
+WAIT_POLL = 0.2
+
+
+def listing_view(session: Session, external_id: str) -> dict[str, Any] | None:
+    """The listing's state, suggestion and standing decision; None when unknown.
+
+    `gradcam_key` / `heatmap_key` are object keys; the caller turns them into URLs.
+    """
+    row = session.execute(
+        select(Listing, Suggestion)
+        .outerjoin(Suggestion, Suggestion.listing_id == Listing.id)
+        .where(Listing.external_id == external_id)
+    ).first()
+    if row is None:
+        return None
+    listing, suggestion = row
+    decision = decision_of(session, listing.id)
+    return {
+        "id": listing.id,
+        "external_id": listing.external_id,
+        "status": listing.status,
+        "title": listing.title,
+        "image_url": listing.image_url,
+        "seller_category": listing.seller_category,
+        "failure_reason": listing.failure_reason,
+        "failure_detail": listing.failure_detail,
+        "suggestion": None
+        if suggestion is None
+        else {
+            "category": suggestion.category,
+            "confidence": suggestion.confidence,
+            "alternatives": suggestion.alternatives,
+            "needs_review": suggestion.needs_review,
+            "review_reason": suggestion.review_reason,
+            # Each signal's own top category and probability: "the photo says X, the title says Y".
+            "signals": suggestion.signals or {},
+            "cluster": suggestion.cluster,
+            "clustering_version": suggestion.clustering_version_id,
+            "gradcam_key": suggestion.gradcam_key,
+            "heatmap_key": suggestion.heatmap_key,
+        },
+        "decision": None
+        if decision is None
+        else {
+            "action": decision.action,
+            "category": decision.category,
+            "moderator": decision.moderator,
+            "at": decision.created_at.isoformat(),
+            "note": decision.note,
+        },
+    }
+
+
+def labelled_neighbours(session: Session, listing_id: int, limit: int = 6) -> list[dict[str, Any]]:
+    """The nearest already-labelled listings of the same cluster (same clustering version)."""
+    own = session.execute(
+        select(Suggestion.cluster, Suggestion.clustering_version_id, Suggestion.backbone_id).where(
+            Suggestion.listing_id == listing_id
+        )
+    ).first()
+    vector = session.execute(
+        select(Embedding.vector)
+        .where(Embedding.listing_id == listing_id)
+        .order_by(Embedding.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if own is None or vector is None:
+        return []
+    label = label_expression().label("label")
+    rows = session.execute(
+        select(Listing.external_id, Listing.title, Listing.image_url, label, Embedding.vector)
+        .join(Suggestion, Suggestion.listing_id == Listing.id)
+        .join(Embedding, Embedding.listing_id == Listing.id)
+        .where(
+            Suggestion.cluster == own.cluster,
+            Suggestion.clustering_version_id == own.clustering_version_id,
+            Embedding.backbone_id == own.backbone_id,
+            Listing.id != listing_id,
+            label.is_not(None),
+        )
+        .limit(500)
+    ).all()
+    if not rows:
+        return []
+    similarity = np.stack([r.vector for r in rows]) @ np.asarray(vector)
+    order = np.argsort(-similarity)[:limit]
+    return [
+        {
+            "external_id": rows[i].external_id,
+            "title": rows[i].title,
+            "image_url": rows[i].image_url,
+            "label": rows[i].label,
+            "similarity": round(float(similarity[i]), 3),
+        }
+        for i in order
+    ]

@@ -1,0 +1,1 @@
+"""Moderators: accounts, the review queue and decisions, history and stats, labels."""

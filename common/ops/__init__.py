@@ -1,0 +1,1 @@
+"""What operators read: the status snapshot and the Prometheus metrics."""

@@ -1,0 +1,1 @@
+"""Untrusted photo bytes → a checked photo: failure reasons, fetching, decoding."""

@@ -1,0 +1,380 @@
+"""Suggestion rows: the suggestion model of a clustering version, writing suggestions, what gets explained.
+
+The scoring itself is `common.suggestions.model` (no database); this module is where it meets Postgres.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from common.db import Database
+from common.schema import ClusteringVersion, Embedding, Listing, ListingStatus, Suggestion
+from common.settings import Settings
+from common.suggestions.corpus import current_version, iter_embeddings
+from common.suggestions.model import Fitted, LabelledSet, SuggestionModel, model_for_clusters
+from common.suggestions.sampling import stable_fraction
+
+KNN_REFERENCE_LIMIT = 50_000
+# Postgres accepts at most 65,535 bind parameters per statement; 1,000 rows stay well below.
+UPSERT_ROWS = 1_000
+
+
+class ReviewReason(StrEnum):
+    """Why a suggestion waits for a moderator, in the order they are checked."""
+
+    low_confidence = "low_confidence"  # no category, or below the confidence threshold
+    seller_disagrees = "seller_disagrees"  # confident, but not what the seller chose
+    audit_sample = "audit_sample"  # confident and agreed, picked to measure confident errors
+
+
+# The threshold when a clustering version has no estimate (made before estimates, or with too few
+# labelled listings) and none is configured.
+DEFAULT_CONFIDENCE_THRESHOLD = 0.6
+
+
+def acceptance_threshold(model: SuggestionModel, settings: Settings) -> float:
+    """The configured override, else the version's estimate for the target precision, else the default."""
+    if settings.confidence_threshold is not None:
+        return settings.confidence_threshold
+    if model.threshold is not None:
+        return model.threshold.threshold
+    return DEFAULT_CONFIDENCE_THRESHOLD
+
+
+def disagreement_threshold(threshold: float) -> float:
+    """The confidence at which an out-of-fold suggestion that contradicts the seller is flagged.
+
+    The acceptance threshold, but never above the default: the threshold is estimated against
+    the sellers' own labels, and their wrong ones cap the precision it can show, so the more
+    sellers err the higher it climbs (or no threshold reaches the target at all), which would
+    silence exactly the flags that catch them.
+    """
+    return min(threshold, DEFAULT_CONFIDENCE_THRESHOLD)
+
+
+def review_reason(
+    listing_id: int,
+    category: str | None,
+    confidence: float,
+    seller_category: str | None,
+    settings: Settings,
+    threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+) -> ReviewReason | None:
+    """Why this suggestion goes to a moderator, or None when it is accepted without one.
+
+    The suggestion of a labelled listing is out of fold (it never learnt from its own label), so
+    a confident one that differs from the seller's category is evidence the seller chose wrong.
+    """
+    if category is None:
+        return ReviewReason.low_confidence
+    disagrees = seller_category is not None and seller_category != category
+    if disagrees and confidence >= disagreement_threshold(threshold):
+        return ReviewReason.seller_disagrees
+    if confidence < threshold:
+        return ReviewReason.low_confidence
+    # Salted, so that the audited listings are not the ones sampled for overlays.
+    if stable_fraction(f"audit:{listing_id}") < settings.review_audit_rate:
+        return ReviewReason.audit_sample
+    return None
+
+
+@dataclass(frozen=True)
+class SuggestionRow:
+    listing_id: int
+    category: str | None
+    confidence: float
+    needs_review: bool
+    # The decision is the one its stored overlay explains (same category, same or matching
+    # cluster): nothing to explain again.
+    explanation_kept: bool = False
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """How the clusters of a new clustering version continue those of the previous one.
+
+    `clusters[new] = previous`: the two clusters' centroids are each other's nearest, so a
+    decision for `new` is the same decision as one for `previous` and keeps its explanation.
+    """
+
+    previous_version_id: int
+    clusters: dict[int, int]
+
+
+def explanation_wanted(rows: Iterable[SuggestionRow], sample_rate: float) -> list[int]:
+    """Listings whose suggestion needs a new Grad-CAM overlay: every flagged one, and a stable
+    sample of the confident ones so that auditors can see what confident decisions look at;
+    none whose decision is unchanged since its overlay was made."""
+    return sorted(
+        row.listing_id
+        for row in rows
+        if not row.explanation_kept
+        and (row.needs_review or (sample_rate > 0 and stable_fraction(row.listing_id) < sample_rate))
+    )
+
+
+def labelled_set(
+    session: Session, backbone_id: str, chunk: int, categories: list[str], limit: int = KNN_REFERENCE_LIMIT
+) -> LabelledSet:
+    """The labelled listings (at most `limit`) with their vectors, category indices and titles.
+
+    Labels outside `categories` (newer than the clustering version) wait for the next refit.
+    """
+    index = {c: i for i, c in enumerate(categories)}
+    ids: list[np.ndarray] = []
+    vectors: list[np.ndarray] = []
+    labels: list[int] = []
+    titles: list[str | None] = []
+    for chunk_ids, chunk_vectors, chunk_labels in iter_embeddings(
+        session, backbone_id, chunk, labelled_only=True
+    ):
+        ids.append(chunk_ids)
+        vectors.append(chunk_vectors)
+        labels.extend(index.get(label, -1) if label is not None else -1 for label in chunk_labels)
+        known: dict[int, str | None] = {
+            listing_id: title
+            for listing_id, title in session.execute(
+                select(Listing.id, Listing.title).where(Listing.id.in_(chunk_ids.tolist()))
+            )
+        }
+        titles.extend(known.get(int(i)) for i in chunk_ids)
+        if len(labels) >= limit:
+            break
+    if not ids:
+        empty = np.zeros(0, dtype=np.int64)
+        return LabelledSet(empty, np.zeros((0, 0), dtype=np.float32), empty, [])
+    keep = np.array(labels[:limit], dtype=np.int64) >= 0
+    return LabelledSet(
+        np.concatenate(ids)[:limit][keep],
+        np.concatenate(vectors)[:limit][keep],
+        np.array(labels[:limit], dtype=np.int64)[keep],
+        [title for title, kept in zip(titles[:limit], keep, strict=True) if kept],
+    )
+
+
+def version_categories(version: ClusteringVersion) -> tuple[list[str], np.ndarray]:
+    """The version's categories and each cluster's category shares, from its stored counts."""
+    categories = sorted({c for cluster in version.cluster_categories for c in cluster["counts"]})
+    index = {c: i for i, c in enumerate(categories)}
+    shares = np.zeros((version.k, len(categories)))
+    for i, cluster in enumerate(version.cluster_categories):
+        total = sum(cluster["counts"].values())
+        for category, n in cluster["counts"].items():
+            shares[i, index[category]] = n / total
+    return categories, shares
+
+
+def build_suggestion_model(
+    session: Session, version: ClusteringVersion, settings: Settings
+) -> SuggestionModel:
+    """The model the refit fitted for this version; the knn reference read back from Postgres."""
+    categories, shares = version_categories(version)
+    fitted = Fitted.loads(version.suggestion_model) if version.suggestion_model is not None else None
+    method = fitted.method if fitted is not None else settings.suggestion_method
+    reference = None
+    # Only knn reads the reference (also the image fallback of a method with no fitted probe).
+    if categories and (
+        method == "knn" or (method in ("linear", "fused") and (fitted is None or fitted.image is None))
+    ):
+        reference = labelled_set(session, version.backbone_id, settings.refit_chunk, categories)
+    return model_for_clusters(
+        version.id,
+        version.backbone_id,
+        version.centroid_matrix(),
+        categories,
+        shares,
+        settings,
+        reference,
+        fitted,
+    )
+
+
+def load_suggestion_model(
+    session: Session, backbone_id: str, settings: Settings, cached: SuggestionModel | None = None
+) -> SuggestionModel | None:
+    """The suggestion model of the current version; the cached one while it is still current."""
+    version_id = session.execute(
+        select(ClusteringVersion.id).where(
+            ClusteringVersion.backbone_id == backbone_id, ClusteringVersion.is_current
+        )
+    ).scalar_one_or_none()
+    if version_id is None:
+        return None
+    if cached is not None and cached.version_id == version_id:
+        return cached
+    version = session.get(ClusteringVersion, version_id)
+    assert version is not None
+    return build_suggestion_model(session, version, settings)
+
+
+def upsert_suggestions(
+    session: Session,
+    model: SuggestionModel,
+    listing_ids: Sequence[int],
+    vectors: np.ndarray,
+    settings: Settings,
+    lineage: Lineage | None = None,
+) -> list[SuggestionRow]:
+    """Suggest for these listings under `model`; listings a moderator decided are left alone.
+
+    An overlay stays with its suggestion while the decision it explains is unchanged (same
+    category, and the same cluster or, after a refit, the cluster that continues it); otherwise
+    it is dropped, and the listing may be explained again.
+    """
+    ids = [int(i) for i in listing_ids]
+    if not ids:
+        return []
+    sellers: dict[int, str | None] = {}
+    titles: dict[int, str | None] = {}
+    reviewed = set()
+    for listing_id, status, seller_category, title in session.execute(
+        select(Listing.id, Listing.status, Listing.seller_category, Listing.title).where(Listing.id.in_(ids))
+    ):
+        sellers[listing_id] = seller_category
+        titles[listing_id] = title
+        if status == ListingStatus.reviewed:
+            reviewed.add(listing_id)
+    # Locked until the commit, so an overlay recorded meanwhile is not overwritten unseen.
+    previous = {
+        row.listing_id: row
+        for row in session.execute(
+            select(
+                Suggestion.listing_id,
+                Suggestion.clustering_version_id,
+                Suggestion.cluster,
+                Suggestion.category,
+                Suggestion.gradcam_key,
+                Suggestion.heatmap_key,
+                Suggestion.gradcam_target,
+                Suggestion.explain_requested_at,
+            )
+            .where(Suggestion.listing_id.in_(ids))
+            .with_for_update()
+        )
+    }
+    rows, results = [], []
+    threshold = acceptance_threshold(model, settings)
+    scores = model.score(vectors, [titles.get(i) for i in ids], ids)
+    for listing_id, scored in zip(ids, scores, strict=True):
+        if listing_id in reviewed:
+            continue
+        reason = review_reason(
+            listing_id, scored.category, scored.confidence, sellers.get(listing_id), settings, threshold
+        )
+        needs_review = reason is not None
+        old = previous.get(listing_id)
+        kept = old is not None and _same_decision(
+            old, model.version_id, scored.cluster, scored.category, lineage
+        )
+        rows.append(
+            {
+                "listing_id": listing_id,
+                "clustering_version_id": model.version_id,
+                "backbone_id": model.backbone_id,
+                "cluster": scored.cluster,
+                "category": scored.category,
+                "confidence": round(scored.confidence, 6),
+                "alternatives": scored.alternatives,
+                "signals": scored.signals or None,
+                "method": model.method,
+                "needs_review": needs_review,
+                "review_reason": reason,
+                "gradcam_key": old.gradcam_key if kept and old else None,
+                "heatmap_key": old.heatmap_key if kept and old else None,
+                "gradcam_target": old.gradcam_target if kept and old else None,
+                "explain_requested_at": old.explain_requested_at if kept and old else None,
+            }
+        )
+        results.append(SuggestionRow(listing_id, scored.category, scored.confidence, needs_review, kept))
+    for start in range(0, len(rows), UPSERT_ROWS):
+        _upsert_rows(session, rows[start : start + UPSERT_ROWS])
+    return results
+
+
+def _same_decision(
+    old: Any, version_id: int, cluster: int, category: str | None, lineage: Lineage | None
+) -> bool:
+    if old.category != category:
+        return False
+    if old.clustering_version_id == version_id:
+        return bool(old.cluster == cluster)
+    return (
+        lineage is not None
+        and old.clustering_version_id == lineage.previous_version_id
+        and lineage.clusters.get(cluster) == old.cluster
+    )
+
+
+def _upsert_rows(session: Session, rows: list[dict[str, object]]) -> None:
+    statement = insert(Suggestion).values(rows)
+    columns = [name for name in rows[0] if name != "listing_id"]
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["listing_id"],
+            set_={**{name: statement.excluded[name] for name in columns}, "updated_at": func.now()},
+        )
+    )
+    session.execute(
+        update(Listing)
+        .where(
+            Listing.id.in_([r["listing_id"] for r in rows]),
+            Listing.status.in_((ListingStatus.queued, ListingStatus.embedded, ListingStatus.suggested)),
+        )
+        .values(status=ListingStatus.suggested)
+    )
+
+
+def reassign_suggestions(
+    db: Database,
+    settings: Settings,
+    backbone_id: str,
+    lineage: Lineage | None = None,
+    model: SuggestionModel | None = None,
+) -> tuple[int, list[int], list[str]]:
+    """Suggest under the current version for every embedded listing, one transaction per chunk.
+
+    `model`: the current version's model when the caller (the refit) already has it.
+    Returns how many suggestions were written, which listings want an explanation, and the
+    object keys of overlays that no longer explain their decision (to be deleted).
+    """
+    if model is None:
+        with db.transaction() as session:
+            version = current_version(session, backbone_id)
+            if version is None:
+                return 0, [], []
+            model = build_suggestion_model(session, version, settings)
+    total, explain, dropped = 0, list[int](), list[str]()
+    last_id = 0
+    while True:
+        with db.transaction() as session:
+            rows = session.execute(
+                select(Embedding.id, Embedding.listing_id, Embedding.vector)
+                .where(Embedding.backbone_id == backbone_id, Embedding.id > last_id)
+                .order_by(Embedding.id)
+                .limit(settings.refit_chunk)
+            ).all()
+            if not rows:
+                return total, explain, dropped
+            last_id = rows[-1][0]
+            overlays = {
+                listing_id: [key for key in keys if key]
+                for listing_id, *keys in session.execute(
+                    select(Suggestion.listing_id, Suggestion.gradcam_key, Suggestion.heatmap_key).where(
+                        Suggestion.listing_id.in_([r[1] for r in rows]), Suggestion.gradcam_key.is_not(None)
+                    )
+                )
+            }
+            written = upsert_suggestions(
+                session, model, [r[1] for r in rows], np.stack([r[2] for r in rows]), settings, lineage
+            )
+        total += len(written)
+        explain += explanation_wanted(written, settings.explain_sample_rate)
+        dropped += [key for r in written if not r.explanation_kept for key in overlays.get(r.listing_id, [])]

@@ -1,0 +1,424 @@
+"""The image backbone: any timm model without its classifier, weights from the hub cache or a file."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from safetensors import SafetensorError
+from timm.data import create_transform, resolve_data_config
+
+from common.photos import fetch as imaging
+from common.photos.fetch import ImageRejected
+from common.settings import DEFAULT_CROP, ConfigError, Settings
+from common.vision.device_decode import (
+    TensorTransform,
+    UnsupportedOnDevice,
+    decodable_on_device,
+    decode_batch,
+)
+
+log = logging.getLogger(__name__)
+
+Source = TypeVar("Source")
+# A timm model: an nn.Module with timm's own API (forward_features, forward_head, pretrained_cfg,
+# num_features, feature_info), which torch's type stubs do not describe.
+TimmModel = Any
+
+
+PRECISIONS = ("fp32", "int8", "bf16")
+# Precisions whose embeddings differ enough from fp32 that they never share a clustering with it.
+# bf16 autocast keeps fp32 weights and accumulation, and every embedding made on CUDA so far was
+# made with it, so it keeps the plain id.
+SEPARATE_ID_PRECISIONS = ("int8",)
+
+
+class WeightsUnavailable(ConfigError):
+    """Neither the hub (or its cache) nor VITRINE_WEIGHTS provided pretrained weights."""
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"VITRINE_DEVICE: {requested!r} requested but CUDA is not available")
+    return torch.device(requested)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """The precision a backbone runs at on `device`; a combination that cannot run is refused."""
+    if requested == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if requested == "int8" and device.type != "cpu":
+        raise ConfigError(
+            f"VITRINE_PRECISION: int8 (dynamic quantisation) runs on CPU only, not on {device}; "
+            "use bf16 or fp32"
+        )
+    if requested == "bf16" and device.type != "cuda":
+        raise ConfigError(f"VITRINE_PRECISION: bf16 is for CUDA, not {device}; on CPU use fp32 or int8")
+    if requested not in PRECISIONS:
+        raise ConfigError(f"VITRINE_PRECISION: {requested!r} is not one of {', '.join(PRECISIONS)}")
+    return requested
+
+
+def check_device(settings: Settings) -> tuple[torch.device, str]:
+    """Device and precision a worker will use, checked when it starts (before any model loads)."""
+    device = resolve_device(settings.device)
+    return device, resolve_precision(settings.precision, device)
+
+
+def set_torch_threads(threads: int | None) -> int:
+    """torch's intra-op threads: the setting, or the CPUs this process may run on.
+
+    torch's own default counts the host's cores, which oversubscribes a container limited to a
+    few of them; a worker process should use every core it has and no more.
+    """
+    count = threads or len(os.sched_getaffinity(0))
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return count
+
+
+def quantize_int8(model: TimmModel) -> TimmModel:
+    """Linear layers to int8 weights with activations quantised on the fly (CPU).
+
+    In timm's ConvNeXt the pointwise convolutions are `nn.Linear` and carry most of the FLOPs.
+    torch.ao's eager dynamic quantisation is deprecated in favour of torchao, but torchao's
+    equivalent is slower on CPU without torch.compile (docs/performance.md); the warning is
+    silenced here because the choice is made on those figures.
+    """
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def _weights_digest(model: torch.nn.Module, classifier: str | None) -> str:
+    """sha256 over the backbone's tensors (classifier excluded), so the id names the weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if classifier and name.startswith(classifier + "."):
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def create_model(
+    name: str,
+    weights: Path | None,
+    *,
+    with_classifier: bool = False,
+    allow_random: bool = False,
+) -> tuple[TimmModel, bool]:
+    """A timm model in eval mode and whether it is pretrained.
+
+    Pretrained weights or a clear error; random weights only when the caller allows them.
+    """
+    if not timm.list_models(name.split(".")[0]) and not timm.is_model(name):
+        raise ConfigError(f"VITRINE_MODEL: unknown timm model {name!r}")
+    kwargs: dict[str, Any] = {} if with_classifier else {"num_classes": 0}
+    if allow_random and weights is None:
+        # Benchmarks only: speed does not depend on the weights, and no download is attempted.
+        log.warning("using RANDOM weights for %s", name)
+        return timm.create_model(name, pretrained=False, **kwargs).eval(), False
+    if weights is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
+    try:
+        model = timm.create_model(name, pretrained=True, **kwargs)
+    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as error:
+        # Missing file or cache entry, unreachable hub, or tensors that do not fit the model.
+        hint = (
+            f"VITRINE_WEIGHTS={weights} could not be loaded into {name!r}"
+            if weights
+            else f"no pretrained weights for {name!r} in the Hugging Face cache and the hub "
+            "cannot be reached; set VITRINE_WEIGHTS to a local weights file "
+            "(safetensors or a timm checkpoint)"
+        )
+        raise WeightsUnavailable(f"{hint} ({type(error).__name__}: {error})") from None
+    return model.eval(), True
+
+
+def crop_data_config(model: TimmModel, crop: str) -> dict[str, Any]:
+    """timm's data config for this model (input size, interpolation, crop, mean and std).
+
+    `center`: exactly timm's, which resizes the shorter side and cuts the centre square.
+    `full`: the photo is padded to a square first (`pad_to_square`), then resized whole
+    (crop_pct 1.0), so nothing of a wide or tall product is cut; every other constant is timm's.
+    """
+    config = resolve_data_config({}, model=model)
+    if crop == "full":
+        config["crop_pct"] = 1.0
+    elif crop != "center":
+        raise ConfigError(f"VITRINE_CROP: unknown crop {crop!r}; choose center or full")
+    return config
+
+
+def pad_to_square(image: Image.Image) -> Image.Image:
+    """The photo centred on a square of its own background colour: the median of its border.
+
+    Product photos mostly sit on a plain background; padding with it adds no edge the model
+    could mistake for part of the product.
+    """
+    width, height = image.size
+    if width == height:
+        return image
+    rgb = np.asarray(image.convert("RGB"))
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    colour = tuple(int(c) for c in np.median(border, axis=0))
+    side = max(width, height)
+    return ImageOps.pad(image.convert("RGB"), (side, side), color=colour, centering=(0.5, 0.5))
+
+
+def _device_transform(data_config: dict[str, Any], crop: str, decode: str) -> TensorTransform | None:
+    if decode == "pillow":
+        return None
+    if decode != "device":
+        raise ConfigError(f"VITRINE_DECODE: unknown decode {decode!r}; choose pillow or device")
+    try:
+        return TensorTransform.from_config(data_config, crop)
+    except UnsupportedOnDevice as error:
+        raise ConfigError(f"VITRINE_DECODE=device: {error}") from None
+
+
+@dataclass
+class Backbone:
+    """A loaded model with its own preprocessing; `embed` turns photos into unit vectors."""
+
+    name: str
+    model: TimmModel
+    device: torch.device
+    backbone_id: str
+    transform: Any
+    dim: int
+    pretrained: bool = True
+    crop: str = DEFAULT_CROP
+    precision: str = "fp32"
+    # `pillow`: photos decoded and prepared on the host. `device`: JPEGs decoded and prepared on the
+    # model's device (`common.vision.device_decode`), after the same checks on the host.
+    decode: str = "pillow"
+    device_transform: TensorTransform | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def load(
+        cls,
+        name: str,
+        weights: Path | None = None,
+        device: str = "auto",
+        *,
+        precision: str = "auto",
+        allow_random: bool = False,
+        with_classifier: bool = False,
+        crop: str = DEFAULT_CROP,
+        decode: str = "pillow",
+    ) -> Backbone:
+        torch_device = resolve_device(device)
+        precision = resolve_precision(precision, torch_device)
+        model, pretrained = create_model(
+            name,
+            weights,
+            allow_random=allow_random,
+            with_classifier=with_classifier,
+        )
+        classifier = model.pretrained_cfg.get("classifier") if with_classifier else None
+        digest = _weights_digest(model, classifier)
+        # timm's data config for this model (input size, interpolation, mean and std), with the crop.
+        data_config = crop_data_config(model, crop)
+        device_transform = _device_transform(data_config, crop, decode)
+        dim = int(model.num_features)
+        if torch_device.type == "cuda":
+            model = model.to(torch_device, memory_format=torch.channels_last)
+        if precision == "int8":
+            model = quantize_int8(model)
+        tag = digest[:16] if pretrained else f"random-{digest[:8]}"
+        # The crop and the precision are part of the id: vectors of the same photo under two
+        # crops, or at int8 and fp32, never mix in one clustering.
+        suffix = "" if crop == "center" else f"/{crop}"
+        suffix += f"+{precision}" if precision in SEPARATE_ID_PRECISIONS else ""
+        return cls(
+            name=name,
+            model=model,
+            device=torch_device,
+            backbone_id=f"{name}@{tag}{suffix}",
+            transform=create_transform(**data_config, is_training=False),
+            dim=dim,
+            pretrained=pretrained,
+            crop=crop,
+            precision=precision,
+            decode=decode,
+            device_transform=device_transform,
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, allow_random: bool = False, with_classifier: bool = False
+    ) -> Backbone:
+        set_torch_threads(settings.torch_threads)
+        return cls.load(
+            settings.model,
+            settings.weights,
+            settings.device,
+            precision=settings.precision,
+            allow_random=allow_random,
+            with_classifier=with_classifier,
+            crop=settings.crop,
+            decode=settings.decode,
+        )
+
+    def with_decode(self, decode: str) -> Backbone:
+        """The same model with photos decoded another way (`pillow` or `device`)."""
+        config = crop_data_config(self.model, self.crop)
+        return replace(self, decode=decode, device_transform=_device_transform(config, self.crop, decode))
+
+    @property
+    def weights_id(self) -> str:
+        """The id without its precision: the same weights, whatever precision they run at."""
+        return weights_id(self.backbone_id)
+
+    @cached_property
+    def min_side(self) -> int:
+        """The shorter side timm's eval transform resizes a photo to: decoding more is waste."""
+        config = crop_data_config(self.model, self.crop)
+        size = max(config["input_size"][1:])
+        return math.ceil(size / float(config.get("crop_pct") or 1.0))
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """timm's eval transform for this model: one photo → one input tensor."""
+        if self.crop == "full":
+            image = pad_to_square(image)
+        return self.transform(image)
+
+    def autocast(self) -> Any:
+        # bf16 on CUDA halves memory traffic; CPU stays fp32 (bf16 is slow on most CPUs).
+        if self.precision == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return batch.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        return batch
+
+    def pooled_features(self, batch: torch.Tensor) -> torch.Tensor:
+        """Pre-logits features, whether or not the model still has its classifier."""
+        features = self.model.forward_features(batch)
+        return self.model.forward_head(features, pre_logits=True)
+
+    def forward(self, tensors: Sequence[torch.Tensor]) -> np.ndarray:
+        """One forward pass over prepared photos → L2-normalised float32 vectors."""
+        if not tensors:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        # One forward at a time: a worker's threads prepare photos beside it, never run two.
+        with self._lock, torch.inference_mode(), self.autocast():
+            # Photos decoded on the device are there already; `to` leaves them where they are.
+            batch = torch.stack([t.to(self.device) for t in tensors])
+            features = self.pooled_features(self.to_device(batch))
+        return F.normalize(features.float(), dim=1).cpu().numpy()
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.forward([self.prepare(image) for image in images])
+
+
+def weights_id(backbone_id: str) -> str:
+    return backbone_id.split("+", 1)[0]
+
+
+@dataclass
+class Prepared(Generic[Source]):
+    """One photo on its way to the model: its input tensor, or why it has none."""
+
+    source: Source
+    tensor: torch.Tensor | None = None
+    sha256: str | None = None
+    error: ImageRejected | None = None
+    # Checked bytes of a JPEG waiting for the device's decoder (`Backbone.decode == "device"`).
+    encoded: bytes | None = None
+
+
+def prepare_batch(
+    backbone: Backbone,
+    sources: Sequence[Source],
+    fetch: Callable[[Source], bytes],
+    settings: Settings,
+    pool: Executor | None = None,
+) -> list[Prepared[Source]]:
+    """Fetch, check, decode and prepare each photo (fetching and host decoding in `pool` when given).
+
+    This is the one way photos reach the model: the embed worker, the study and the benchmarks
+    all call it. A photo that cannot be used carries its reason; the others are unaffected.
+    """
+
+    def guarded(source: Source, work: Callable[[], Prepared[Source]]) -> Prepared[Source]:
+        try:
+            return work()
+        except ImageRejected as error:
+            return Prepared(source, error=error)
+        except Exception as error:  # a bug, not the photo's fault: isolated here, retried by the caller
+            log.exception("unexpected error preparing %r", source)
+            return Prepared(source, error=ImageRejected.internal(error))
+
+    def on_host(source: Source, data: bytes) -> Prepared[Source]:
+        loaded = imaging.decode_image(data, settings, backbone.min_side)
+        return Prepared(source, backbone.prepare(loaded.image), loaded.sha256)
+
+    def fetched(source: Source) -> Prepared[Source]:
+        data = fetch(source)
+        if backbone.decode == "device" and decodable_on_device(imaging.open_checked(data, settings), data):
+            return Prepared(source, sha256=imaging.sha256_of(data), encoded=data)
+        return on_host(source, data)
+
+    def one(source: Source) -> Prepared[Source]:
+        return guarded(source, lambda: fetched(source))
+
+    prepared = list(pool.map(one, sources) if pool is not None else map(one, sources))
+    waiting = [p for p in prepared if p.encoded is not None]
+    if waiting:
+        refused = _decode_on_device(backbone, waiting)
+        for item, data in refused:
+            done = guarded(item.source, lambda: on_host(item.source, data))  # noqa: B023 - called at once
+            item.tensor, item.sha256, item.error = done.tensor, done.sha256, done.error
+    return prepared
+
+
+def _decode_on_device(
+    backbone: Backbone, waiting: Sequence[Prepared[Source]]
+) -> list[tuple[Prepared[Source], bytes]]:
+    """One batched decode on the device, then its transform; returns what the device refused."""
+    transform = backbone.device_transform
+    assert transform is not None
+    refused: dict[int, BaseException] = {}
+    encoded = [p.encoded or b"" for p in waiting]
+    with torch.inference_mode():
+        images = decode_batch(encoded, backbone.device, refused.__setitem__)
+        for item, image in zip(waiting, images, strict=True):
+            item.encoded = None
+            if image is not None:
+                item.tensor = transform(image)
+    for index, error in refused.items():
+        log.info("the device's decoder refused %r (%s); decoding on the host", waiting[index].source, error)
+    return [(waiting[index], encoded[index]) for index in sorted(refused)]
+
+
+def embed_prepared(backbone: Backbone, prepared: Sequence[Prepared[Source]]) -> np.ndarray:
+    """Vectors of the prepared photos that have a tensor, in their order."""
+    return backbone.forward([p.tensor for p in prepared if p.tensor is not None])

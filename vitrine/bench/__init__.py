@@ -1,0 +1,1 @@
+"""Every benchmark: figures measured side by side in one run."""

@@ -1,0 +1,549 @@
+"""Embedding throughput, measured side by side in one run: whole pipeline vs in-process loop.
+
+The pipeline figure is images/s from publishing N listing events to the last one stored, through
+Redis and a real worker process; the in-process figure is the same model doing decode +
+preprocess + forward over the same images at the same batch size in a tight loop.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from common.db import drop_database, migrate
+from common.delivery.queues import EMBED_QUEUE
+from common.jobs.refit import refit
+from common.listings.events import ListingEvent, publish_listings
+from common.runtime import Runtime
+from common.schema import TERMINAL_STATUSES, Listing, ListingStatus
+from common.settings import Settings, with_environment
+from common.vision.backbone import Backbone, embed_prepared, prepare_batch, set_torch_threads
+from vitrine.local.services import (
+    LocalServices,
+    celery_worker,
+    create_scratch_database,
+    port_open,
+    serve_bytes,
+)
+
+
+@dataclass
+class EmbedBenchmark:
+    model: str
+    weights: str
+    device: str
+    precision: str
+    decode: str
+    n: int
+    batch_size: int
+    torch_threads: int
+    pipeline_ips: float
+    inprocess_ips: float
+    batch1_ips: float
+    inprocess_batch1_ips: float
+    ratio_pipeline_inprocess: float
+    ratio_batched_batch1: float
+    # The model alone: forward passes over already prepared photos at the same batch size.
+    forward_ips: float
+    ratio_pipeline_forward: float
+    # In-process loop at fp32, same photos, same run (interleaved with the chosen precision).
+    fp32_inprocess_ips: float
+    ratio_precision_fp32: float
+    # Peak CUDA memory of the in-process measurements (the worker is another process); CPU: None.
+    peak_gpu_memory_mib: float | None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def synthetic_photos(n: int, seed: int = 0) -> list[bytes]:
+    """Product-photo-like JPEGs (white background, a coloured object, ~320 px) when none are given."""
+    rng = np.random.default_rng(seed)
+    photos = []
+    for _ in range(n):
+        image = Image.new("RGB", (320, 320), "white")
+        draw = ImageDraw.Draw(image)
+        x0, y0 = rng.integers(20, 120, size=2)
+        x1, y1 = rng.integers(200, 300, size=2)
+        draw.ellipse(
+            (int(x0), int(y0), int(x1), int(y1)), fill=tuple(int(c) for c in rng.integers(0, 255, 3))
+        )
+        noise = rng.integers(0, 40, (320, 320, 3), dtype=np.uint8)
+        image = Image.fromarray(np.clip(np.asarray(image) - noise, 0, 255).astype(np.uint8))
+        buffer = BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        photos.append(buffer.getvalue())
+    return photos
+
+
+def folder_photos(directory: Path, n: int) -> list[bytes]:
+    paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not paths:
+        raise ValueError(f"no photos in {directory}")
+    return [paths[i % len(paths)].read_bytes() for i in range(n)]
+
+
+def forward_ips(backbone: Backbone, photos: list[bytes], settings: Settings, batch_size: int) -> float:
+    """Forward passes alone over the photos prepared beforehand: the model's own ceiling."""
+    prepared = prepare_batch(backbone, photos, bytes, settings)
+    tensors = [p.tensor for p in prepared if p.tensor is not None]
+    backbone.forward(tensors[:batch_size])
+    started = time.perf_counter()
+    for start in range(0, len(tensors), batch_size):
+        backbone.forward(tensors[start : start + batch_size])  # returns on the host: synchronised
+    return len(tensors) / (time.perf_counter() - started)
+
+
+def inprocess_ips(backbone: Backbone, photos: list[bytes], settings: Settings, batch_size: int) -> float:
+    """The embed worker's own path (decode threads, then one forward pass) batch after batch, in
+    process, with no broker and no database; one warm-up batch first."""
+
+    with ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode") as pool:
+
+        def run(chunk: list[bytes]) -> None:
+            embed_prepared(backbone, prepare_batch(backbone, chunk, bytes, settings, pool))
+
+        run(photos[:batch_size])
+        started = time.perf_counter()
+        for start in range(0, len(photos), batch_size):
+            run(photos[start : start + batch_size])
+        return len(photos) / (time.perf_counter() - started)
+
+
+@contextmanager
+def photo_worker(
+    photos: list[bytes], env: dict[str, str], log_path: Path, label: str
+) -> Iterator[tuple[Runtime, str]]:
+    """The photos served over HTTP as `{base}/{i}.jpg`, a real embed worker, and a runtime to
+    publish with and count rows; all stopped on exit. `env`: the VITRINE_* of scratch services."""
+    runtime = Runtime(with_environment(env))
+    files = {f"{i}.jpg": data for i, data in enumerate(photos)}
+    try:
+        with (
+            serve_bytes(files) as base,
+            celery_worker(
+                [EMBED_QUEUE],
+                # The photo server is private (loopback): allowed on its own port only.
+                env | {"VITRINE_FETCH_PRIVATE_HOSTS": base.removeprefix("http://")},
+                log_path,
+                f"{label}-{uuid.uuid4().hex[:6]}@%h",
+            ),
+        ):
+            yield runtime, base
+    finally:
+        runtime.close()
+
+
+def pipeline_ips(
+    photos: list[bytes], env: dict[str, str], batch_size: int, log_path: Path, label: str
+) -> float:
+    """N listing events through Redis and a real embed worker; time to the last stored row.
+
+    `env` holds the VITRINE_* variables of scratch services; the worker's model load and a
+    warm-up batch happen before the clock starts.
+    """
+    worker_env = {
+        **env,
+        "VITRINE_BATCH_SIZE": str(batch_size),
+        "VITRINE_FLUSH_INTERVAL": "0.5",
+        "VITRINE_EXPLAIN_SAMPLE_RATE": "0",
+    }
+    with photo_worker(photos, worker_env, log_path, "bench") as (runtime, base):
+
+        def publish(prefix: str, count: int) -> list[str]:
+            events = [
+                ListingEvent(listing_id=f"{prefix}-{i}", image_url=f"{base}/{i % len(photos)}.jpg")
+                for i in range(count)
+            ]
+            publish_listings(runtime, events)
+            return [event.listing_id for event in events]
+
+        warm = publish(f"warm-{label}", batch_size)
+        _wait(lambda: _count(runtime, warm, done=True) == len(warm), 900, "the warm-up batch")
+        started = time.perf_counter()
+        ids = publish(f"run-{label}", len(photos))
+        _wait(lambda: _count(runtime, ids, done=True) == len(ids), 3600, "the benchmark listings")
+        elapsed = time.perf_counter() - started
+        failed = _count(runtime, ids, done=False)
+    if failed:
+        raise RuntimeError(f"{failed} benchmark listings failed; see {log_path}")
+    return len(ids) / elapsed
+
+
+def _count(runtime: Runtime, external_ids: list[str], *, done: bool) -> int:
+    """Listings no longer queued (`done`), or failed ones."""
+    condition = Listing.status != ListingStatus.queued if done else Listing.status == ListingStatus.failed
+    with runtime.db.transaction() as session:
+        return session.execute(
+            select(func.count()).select_from(Listing).where(Listing.external_id.in_(external_ids), condition)
+        ).scalar_one()
+
+
+def compare_precisions(
+    backbone: Backbone, reference: Backbone | None, photos: list[bytes], settings: Settings, batch_size: int
+) -> tuple[float, float]:
+    """In-process images/s of `backbone` and of its fp32 `reference`, interleaved over two rounds
+    so that a machine whose load changes meanwhile affects both alike; means of the rounds."""
+    if reference is None:
+        value = inprocess_ips(backbone, photos, settings, batch_size)
+        return value, value
+    chosen, fp32 = [], []
+    for _ in range(2):
+        chosen.append(inprocess_ips(backbone, photos, settings, batch_size))
+        fp32.append(inprocess_ips(reference, photos, settings, batch_size))
+    return float(np.mean(chosen)), float(np.mean(fp32))
+
+
+def postgres_server(settings: Settings, local: LocalServices) -> str:
+    """The configured Postgres server, or a private one when it does not answer (a bare GPU box)."""
+    url = make_url(settings.database_url)
+    if port_open(url.host or "127.0.0.1", url.port or 5432):
+        return settings.database_url
+    return local.start_postgres()
+
+
+def run_embed_benchmark(
+    settings: Settings,
+    *,
+    model: str,
+    weights: Path | None,
+    n: int,
+    batch_size: int,
+    images: Path | None,
+    log_dir: Path,
+    precision: str | None = None,
+) -> EmbedBenchmark:
+    photos = folder_photos(images, n) if images else synthetic_photos(n)
+    threads = set_torch_threads(settings.torch_threads)
+    precision = precision or settings.precision
+    # Random weights are drawn at each load: the same seed gives both precisions the same ones.
+    torch.manual_seed(0)
+
+    def load(precision: str) -> Backbone:
+        return Backbone.load(
+            model, weights, settings.device, precision=precision, allow_random=True, crop=settings.crop
+        ).with_decode(settings.decode)
+
+    backbone = load(precision)
+    reference = None
+    if backbone.precision != "fp32":
+        torch.manual_seed(0)
+        reference = load("fp32")
+    if backbone.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(backbone.device)
+    inprocess, fp32_inprocess = compare_precisions(backbone, reference, photos, settings, batch_size)
+    del reference
+    forward = forward_ips(backbone, photos, settings, batch_size)
+    inprocess_1 = inprocess_ips(backbone, photos, settings, 1)
+    peak = (
+        round(torch.cuda.max_memory_allocated(backbone.device) / 2**20, 1)
+        if backbone.device.type == "cuda"
+        else None
+    )
+    precision = backbone.precision
+    device = backbone.device
+    del backbone  # free memory for the worker process
+
+    local = LocalServices(Path(tempfile.mkdtemp(prefix="vitrine-bench-")))
+    database_url = None
+    try:
+        # Private Redis and a scratch database: the benchmark never touches live queues or rows.
+        broker_url = local.start_redis()
+        database_url = create_scratch_database(postgres_server(settings, local), "vitrine_bench")
+        migrate(database_url)
+        env = {
+            "VITRINE_DATABASE_URL": database_url,
+            "VITRINE_BROKER_URL": broker_url,
+            "VITRINE_MODEL": model,
+            "VITRINE_DEVICE": settings.device,
+            "VITRINE_PRECISION": precision,
+            "VITRINE_CROP": settings.crop,
+            "VITRINE_DECODE": settings.decode,
+            "VITRINE_TORCH_THREADS": str(threads),
+            "VITRINE_WEIGHTS": str(weights) if weights else "",
+            # Speed does not depend on the weights: without a file the worker may use random ones.
+            "VITRINE_ALLOW_RANDOM_WEIGHTS": "0" if weights else "1",
+        }
+        pipeline = pipeline_ips(photos, env, batch_size, log_dir / "bench-worker-batched.log", "b")
+        pipeline_1 = pipeline_ips(photos, env, 1, log_dir / "bench-worker-batch1.log", "1")
+    finally:
+        if database_url:
+            drop_database(database_url)
+        local.stop()
+    return EmbedBenchmark(
+        model=model,
+        weights=str(weights) if weights else "random",
+        device=str(device),
+        precision=precision,
+        decode=settings.decode,
+        n=n,
+        batch_size=batch_size,
+        torch_threads=threads,
+        pipeline_ips=round(pipeline, 3),
+        inprocess_ips=round(inprocess, 3),
+        batch1_ips=round(pipeline_1, 3),
+        inprocess_batch1_ips=round(inprocess_1, 3),
+        ratio_pipeline_inprocess=round(pipeline / inprocess, 3),
+        ratio_batched_batch1=round(pipeline / pipeline_1, 3),
+        forward_ips=round(forward, 3),
+        ratio_pipeline_forward=round(pipeline / forward, 3),
+        fp32_inprocess_ips=round(fp32_inprocess, 3),
+        ratio_precision_fp32=round(inprocess / fp32_inprocess, 3),
+        peak_gpu_memory_mib=peak,
+    )
+
+
+def _wait(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, by a
+# substring of `torch.cuda.get_device_name()`; the first match wins. --peak-tflops overrides.
+BF16_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("GH200", 989.4),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10", 125.0),
+    ("RTX 6000 Ada", 364.2),
+    ("RTX 4090", 165.2),
+)
+
+
+def gpu_summary(
+    result: dict[str, object], gflop_per_image: float, peak_tflops: float | None, gpu: str | None
+) -> dict[str, object]:
+    """The GPU benchmark's one line: throughput, ratios, memory, and the share of the bf16 peak."""
+    if peak_tflops is None and gpu:
+        peak_tflops = next((peak for key, peak in BF16_PEAK_TFLOPS if key in gpu), None)
+    pipeline = float(result["pipeline_ips"])  # type: ignore[arg-type]
+    share = pipeline * gflop_per_image / (peak_tflops * 1000) if peak_tflops else None
+    keys = (
+        "model", "device", "precision", "decode", "n", "batch_size", "pipeline_ips", "forward_ips",
+        "ratio_pipeline_forward", "batch1_ips", "ratio_batched_batch1", "inprocess_ips",
+        "peak_gpu_memory_mib",
+    )  # fmt: skip
+    return {
+        "gpu": gpu,
+        **{key: result[key] for key in keys},
+        "gflop_per_image": gflop_per_image,
+        "bf16_peak_tflops": peak_tflops,
+        "share_of_bf16_peak": round(share, 4) if share is not None else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Reads `vitrine bench embed --json` on stdin, prints the GPU benchmark's one JSON line."""
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--gflop-per-image", type=float, default=30.8)
+    parser.add_argument("--peak-tflops", type=float, default=None)
+    args = parser.parse_args(argv)
+    result = json.loads(sys.stdin.read().strip().splitlines()[-1])
+    gpu = torch.cuda.get_device_name() if str(result["device"]).startswith("cuda") else None
+    print(json.dumps(gpu_summary(result, args.gflop_per_image, args.peak_tflops, gpu)))
+
+
+if __name__ == "__main__":
+    main()
+
+
+@dataclass
+class LatencyRun:
+    """Milliseconds from publishing one listing to its committed suggestion, at one setting."""
+
+    batch_size: int
+    flush_interval: float
+    n: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+
+
+def percentiles(batch_size: int, flush_interval: float, latencies: list[float]) -> LatencyRun:
+    ms = np.asarray(latencies) * 1000
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+    return LatencyRun(
+        batch_size=batch_size,
+        flush_interval=flush_interval,
+        n=len(latencies),
+        p50_ms=round(float(p50), 1),
+        p95_ms=round(float(p95), 1),
+        p99_ms=round(float(p99), 1),
+        mean_ms=round(float(ms.mean()), 1),
+        max_ms=round(float(ms.max()), 1),
+    )
+
+
+def listing_latencies(
+    photos: list[bytes],
+    env: dict[str, str],
+    *,
+    batch_size: int,
+    flush_interval: float,
+    rate: float,
+    n: int,
+    log_path: Path,
+    label: str,
+) -> list[float]:
+    """Publish `n` listings one at a time, `rate` per second, to a real embed worker; seconds from
+    each publish call to the moment its suggestion is seen committed (polled every 10 ms).
+
+    A clustering must exist (`seed_clustering`), or listings stop at `embedded`.
+    """
+    worker_env = {
+        **env,
+        "VITRINE_BATCH_SIZE": str(batch_size),
+        "VITRINE_FLUSH_INTERVAL": str(flush_interval),
+    }
+    with photo_worker(photos, worker_env, log_path, "latency") as (runtime, base):
+
+        def event(listing_id: str, i: int) -> ListingEvent:
+            return ListingEvent(listing_id=listing_id, image_url=f"{base}/{i % len(photos)}.jpg")
+
+        # Warm-up: the model loads with the first batch, not inside the measurement.
+        warm = [event(f"warm-{label}-{i}", i) for i in range(2)]
+        publish_listings(runtime, warm)
+        warm_ids = [e.listing_id for e in warm]
+        _wait(lambda: _count(runtime, warm_ids, done=True) == len(warm_ids), 900, "the warm-up")
+        return _timed_publishing(runtime, [event(f"lat-{label}-{i}", i) for i in range(n)], rate)
+
+
+def _timed_publishing(runtime: Runtime, events: list[ListingEvent], rate: float) -> list[float]:
+    published: dict[str, float] = {}
+    finished: dict[str, float] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            with lock:
+                waiting = [key for key in published if key not in finished]
+            if waiting:
+                with runtime.db.transaction() as session:
+                    done = session.execute(
+                        select(Listing.external_id, Listing.status).where(
+                            Listing.external_id.in_(waiting), Listing.status.in_(TERMINAL_STATUSES)
+                        )
+                    ).all()
+                now = time.perf_counter()
+                for key, status in done:
+                    if status == ListingStatus.failed:
+                        raise RuntimeError(f"latency listing {key} failed")
+                    finished[key] = now
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    started = time.perf_counter()
+    for i, item in enumerate(events):
+        time.sleep(max(0.0, started + i / rate - time.perf_counter()))
+        with lock:
+            published[item.listing_id] = time.perf_counter()
+        publish_listings(runtime, [item])
+    _wait(lambda: len(finished) == len(events) or not watcher.is_alive(), 600, "the latency listings")
+    stop.set()
+    watcher.join()
+    if len(finished) != len(events):
+        raise RuntimeError("the watcher stopped before every listing was suggested")
+    return [finished[key] - published[key] for key in published]
+
+
+def seed_clustering(photos: list[bytes], env: dict[str, str], log_path: Path, k: int = 2) -> None:
+    """A first clustering from labelled listings, so that new listings get their suggestion."""
+    with photo_worker(photos, env, log_path, "seed") as (runtime, base):
+        events = [
+            ListingEvent(
+                listing_id=f"seed-{i}", image_url=f"{base}/{i}.jpg", seller_category=f"category-{i % k}"
+            )
+            for i in range(len(photos))
+        ]
+        publish_listings(runtime, events)
+        ids = [e.listing_id for e in events]
+        _wait(lambda: _count(runtime, ids, done=True) == len(ids), 900, "the seed listings")
+        result = refit(runtime.db, runtime.settings, k=k)
+    if result.version_id is None:
+        raise RuntimeError(f"no clustering to suggest from: {result.skipped_reason}")
+
+
+def run_latency_benchmark(
+    settings: Settings,
+    *,
+    model: str,
+    weights: Path | None,
+    n: int,
+    rate: float,
+    settings_to_compare: list[tuple[int, float]],
+    images: Path | None,
+    log_dir: Path,
+) -> list[LatencyRun]:
+    """Latency percentiles at each (batch size, flush interval), one after the other in one run,
+    against the same services, photos and clustering."""
+    photos = folder_photos(images, max(n, 16)) if images else synthetic_photos(max(n, 16))
+    local = LocalServices(Path(tempfile.mkdtemp(prefix="vitrine-latency-")))
+    database_url = None
+    runs = []
+    try:
+        broker_url = local.start_redis()
+        database_url = create_scratch_database(postgres_server(settings, local), "vitrine_latency")
+        migrate(database_url)
+        env = {
+            "VITRINE_DATABASE_URL": database_url,
+            "VITRINE_BROKER_URL": broker_url,
+            "VITRINE_MODEL": model,
+            "VITRINE_WEIGHTS": str(weights) if weights else "",
+            "VITRINE_ALLOW_RANDOM_WEIGHTS": "0" if weights else "1",
+            "VITRINE_DEVICE": settings.device,
+            "VITRINE_PRECISION": settings.precision,
+            # Nothing but the embed step: no overlay requests, no audit sample.
+            "VITRINE_EXPLAIN_SAMPLE_RATE": "0",
+            "VITRINE_REVIEW_AUDIT_RATE": "0",
+            "VITRINE_CONFIDENCE_THRESHOLD": "0",
+        }
+        seed_clustering(photos[:16], env, log_dir / "latency-seed.log")
+        for batch_size, flush_interval in settings_to_compare:
+            label = f"b{batch_size}-f{flush_interval}"
+            latencies = listing_latencies(
+                photos,
+                env,
+                batch_size=batch_size,
+                flush_interval=flush_interval,
+                rate=rate,
+                n=n,
+                log_path=log_dir / f"latency-{label}.log",
+                label=label,
+            )
+            runs.append(percentiles(batch_size, flush_interval, latencies))
+    finally:
+        if database_url:
+            drop_database(database_url)
+        local.stop()
+    return runs

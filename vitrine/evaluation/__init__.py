@@ -1,0 +1,1 @@
+"""The study: cluster quality and suggestion accuracy of backbones on labelled photos."""

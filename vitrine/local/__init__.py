@@ -1,0 +1,1 @@
+"""One machine's stack: private services, the demo's supervision, a folder of photos."""
