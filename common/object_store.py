@@ -18,7 +18,7 @@ from common.settings import Settings
 
 PROBE_TIMEOUT = 3.0
 DELETE_BATCH = 1000  # S3's limit per multi-object delete
-OVERLAYS = "gradcam/"  # every listing's Grad-CAM objects live under OVERLAYS/<listing id>/
+OVERLAYS = "overlays/"  # every listing's overlay and heatmap live under OVERLAYS/<listing id>/
 # What talking to the object store can raise: the SDK's own errors, and the HTTP and socket
 # errors under it once its retries are spent.
 STORAGE_ERRORS: tuple[type[Exception], ...] = (MinioException, urllib3.exceptions.HTTPError, OSError)
@@ -35,8 +35,8 @@ class ObjectStore:
     @classmethod
     def from_settings(cls, settings: Settings, *, probe: bool = False) -> ObjectStore:
         """The store of the settings; `probe`: one short try, for health checks that must not hang."""
-        endpoint = settings.s3_endpoint.removeprefix("http://").removeprefix("https://")
-        secret = settings.s3_secret_key.get_secret_value()
+        endpoint = settings.store.s3_endpoint.removeprefix("http://").removeprefix("https://")
+        secret = settings.store.s3_secret_key.get_secret_value()
         if probe:
             timeout = urllib3.Timeout(connect=PROBE_TIMEOUT, read=PROBE_TIMEOUT)
             retries = urllib3.Retry(total=0)
@@ -47,11 +47,11 @@ class ObjectStore:
         client = Minio(
             endpoint,
             # Empty keys mean anonymous access (public buckets), not an error at start-up.
-            access_key=settings.s3_access_key if secret else None,
+            access_key=settings.store.s3_access_key if secret else None,
             secret_key=secret or None,
             http_client=urllib3.PoolManager(timeout=timeout, retries=retries, maxsize=10),
-            secure=settings.s3_secure or settings.s3_endpoint.startswith("https://"),
-            region=settings.s3_region,
+            secure=settings.store.s3_secure or settings.store.s3_endpoint.startswith("https://"),
+            region=settings.store.s3_region,
         )
         return cls(client)
 

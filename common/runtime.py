@@ -24,7 +24,7 @@ class Runtime:
 
     @cached_property
     def db(self) -> Database:
-        return Database(self.settings.database_url)
+        return Database(self.settings.services.database_url)
 
     @cached_property
     def publisher(self) -> Publisher:

@@ -19,7 +19,7 @@ target_metadata = Base.metadata
 
 def database_url() -> str:
     # `vitrine db upgrade` hands its URL in; a bare `alembic upgrade` reads the settings.
-    return config.attributes.get("database_url") or load_settings().database_url
+    return config.attributes.get("database_url") or load_settings().services.database_url
 
 
 def run_migrations_offline() -> None:

@@ -39,13 +39,18 @@ class Sessions:
     """Signs and reads the session cookie; remembers recent sign-in failures of this process."""
 
     def __init__(self, settings: Settings) -> None:
-        if settings.session_secret is None or len(settings.session_secret.get_secret_value()) < 16:
+        if (
+            settings.review.session_secret is None
+            or len(settings.review.session_secret.get_secret_value()) < 16
+        ):
             raise ConfigError(
                 "VITRINE_SESSION_SECRET: the review app needs a secret of at least 16 characters"
             )
-        self.serializer = URLSafeTimedSerializer(settings.session_secret.get_secret_value(), salt="session")
-        self.max_age = settings.session_max_age
-        self.sign_in_delay = settings.sign_in_delay
+        self.serializer = URLSafeTimedSerializer(
+            settings.review.session_secret.get_secret_value(), salt="session"
+        )
+        self.max_age = settings.review.session_max_age
+        self.sign_in_delay = settings.review.sign_in_delay
         self.failures: dict[str, tuple[int, float]] = {}
 
     def read(self, request: Request) -> dict[str, Any]:

@@ -151,10 +151,10 @@ def lite0() -> Backbone:
 @pytest.fixture
 def gradcam_bucket(settings: Settings, store: ObjectStore) -> Iterator[str]:
     """The Grad-CAM bucket, emptied."""
-    store.ensure_bucket(settings.gradcam_bucket)
-    for item in store.client.list_objects(settings.gradcam_bucket, recursive=True):
-        store.client.remove_object(settings.gradcam_bucket, item.object_name)
-    yield settings.gradcam_bucket
+    store.ensure_bucket(settings.store.overlay_bucket)
+    for item in store.client.list_objects(settings.store.overlay_bucket, recursive=True):
+        store.client.remove_object(settings.store.overlay_bucket, item.object_name)
+    yield settings.store.overlay_bucket
 
 
 @pytest.fixture(scope="session")

@@ -63,13 +63,15 @@ def seed_listings(
     db: Database, settings: Settings, store: ObjectStore, backbone: Backbone, rows: list[dict[str, str]]
 ) -> dict[str, int]:
     """Listings embedded by the real pipeline and suggested by a real refit."""
-    store.ensure_bucket(settings.images_bucket)
+    store.ensure_bucket(settings.store.images_bucket)
     ids = {}
     with db.transaction() as session:
         for row in rows:
             listing = Listing(
                 external_id=row["uniq_id"],
-                image_url=store.upload_photo(settings.images_bucket, FLIPKART / "images" / row["image"]),
+                image_url=store.upload_photo(
+                    settings.store.images_bucket, FLIPKART / "images" / row["image"]
+                ),
                 seller_category=row["category"],
                 status=ListingStatus.queued,
             )

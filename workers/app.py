@@ -35,7 +35,7 @@ def runtime() -> Runtime:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     return {
-        "broker_url": settings.broker_url,
+        "broker_url": settings.services.broker_url,
         # Results live in Postgres; the broker carries only work.
         "task_ignore_result": True,
         "result_backend": None,
@@ -47,11 +47,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # Batching needs the worker to hold a full batch unacknowledged, plus the next one so the
         # broker round-trip hides behind the forward pass.
-        "worker_prefetch_multiplier": max(4, 2 * settings.batch_size),
+        "worker_prefetch_multiplier": max(4, 2 * settings.embed.batch_size),
         # A delivered message that goes unrenewed this long (its worker died) is put back by any
         # worker's poller, which looks every few seconds; live workers renew theirs (batching).
         "broker_transport_options": {
-            "visibility_timeout": settings.visibility_timeout,
+            "visibility_timeout": settings.delivery.visibility_timeout,
             "unacked_restore_interval": RESTORE_SCAN_SECONDS,
             "unacked_restore_throttle": 1,
         },
@@ -64,13 +64,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": {
             "refit": {
                 "task": REFIT_TASK,
-                "schedule": timedelta(seconds=settings.refit_interval),
-                "options": {"queue": REFIT_QUEUE, "expires": settings.refit_interval},
+                "schedule": timedelta(seconds=settings.refit.interval),
+                "options": {"queue": REFIT_QUEUE, "expires": settings.refit.interval},
             },
             "sweep-stale-listings": {
                 "task": SWEEP_TASK,
-                "schedule": timedelta(seconds=settings.sweep_interval),
-                "options": {"queue": REFIT_QUEUE, "expires": settings.sweep_interval},
+                "schedule": timedelta(seconds=settings.delivery.sweep_interval),
+                "options": {"queue": REFIT_QUEUE, "expires": settings.delivery.sweep_interval},
             },
         },
     }

@@ -77,11 +77,11 @@ class ReliableBatches(Batches):
 
     @property
     def flush_every(self) -> int:
-        return runtime().settings.batch_size
+        return runtime().settings.embed.batch_size
 
     @property
     def flush_interval(self) -> float:
-        return runtime().settings.flush_interval
+        return runtime().settings.embed.flush_interval
 
     def Strategy(self, task: Batches, app: Celery, consumer: Consumer) -> Callable[..., None]:
         # Called again whenever the consumer restarts (a broker reconnect). The old flush timer
@@ -93,7 +93,7 @@ class ReliableBatches(Batches):
             self._renewal.cancel()
         settings = runtime().settings
         self._renewal = consumer.timer.call_repeatedly(
-            settings.visibility_timeout / 4, self.held.renew, (app.conf.broker_url,)
+            settings.delivery.visibility_timeout / 4, self.held.renew, (app.conf.broker_url,)
         )
         handler = super().Strategy(task, app, consumer)
 
@@ -132,7 +132,7 @@ class ExplainBatches(ReliableBatches):
 
     @property
     def flush_every(self) -> int:
-        return runtime().settings.explain_batch_size
+        return runtime().settings.explain.batch_size
 
 
 class BatchFailed:

@@ -35,7 +35,9 @@ def pipeline() -> EmbedPipeline:
     with _loading:
         if _pipeline is None:
             rt = runtime()
-            backbone = Backbone.from_settings(rt.settings, allow_random=rt.settings.allow_random_weights)
+            backbone = Backbone.from_settings(
+                rt.settings, allow_random=rt.settings.backbone.allow_random_weights
+            )
             log.info(
                 "embed worker ready: %s on %s (%d-d)", backbone.backbone_id, backbone.device, backbone.dim
             )

@@ -33,10 +33,10 @@ def backbone() -> Backbone:
     with _loading:
         if _backbone is None:
             settings = runtime().settings
-            if settings.precision == "int8":
+            if settings.backbone.precision == "int8":
                 # Grad-CAM needs gradients, which int8 layers have not: the same weights in fp32
                 # explain the int8 embedding's decision.
-                settings = settings.model_copy(update={"precision": "fp32"})
+                settings = settings.replace(precision="fp32")
             _backbone = Backbone.from_settings(settings, with_classifier=True)
             log.info("explain worker ready: %s on %s", _backbone.backbone_id, _backbone.device)
         return _backbone
@@ -54,7 +54,7 @@ def explain_batch(requests: list[SimpleRequest]) -> None:
         with batch_events(app, requests):
             report = explain_listings(rt.db, sorted(attempts), rt.settings, backbone(), rt.store)
         retry = report.retry
-        give_up = f"storage_unavailable: gave up after {rt.settings.max_attempts} tries"
+        give_up = f"storage_unavailable: gave up after {rt.settings.embed.max_attempts} tries"
     except Exception as error:
         # A bug of ours, not the photos': every listing of the batch is tried again, within the cap.
         log.exception("explain batch of %d failed", len(requests))
@@ -63,7 +63,7 @@ def explain_batch(requests: list[SimpleRequest]) -> None:
     errors: dict[int, str] = {}
     # Batches cannot retry single requests; a delayed copy of the message is the retry, and the
     # original is acknowledged. Suggestions never wait for this: they are already committed.
-    gave_up = [i for i in retry if attempts[i] + 1 > rt.settings.max_attempts]
+    gave_up = [i for i in retry if attempts[i] + 1 > rt.settings.embed.max_attempts]
     for listing_id in retry:
         if listing_id in gave_up:
             errors[listing_id] = give_up

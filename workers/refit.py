@@ -23,7 +23,7 @@ FRESH_SHARE_OF_INTERVAL = 0.9
 @app.task(name=REFIT_TASK, acks_late=False)
 def refit_task() -> dict[str, Any]:
     rt = runtime()
-    result = refit(rt.db, rt.settings, min_age=FRESH_SHARE_OF_INTERVAL * rt.settings.refit_interval)
+    result = refit(rt.db, rt.settings, min_age=FRESH_SHARE_OF_INTERVAL * rt.settings.refit.interval)
     if result.skipped_reason is None:
         follow_up_refit(rt.db, rt.publisher, rt.store, rt.settings, result)
     return {key: value for key, value in asdict(result).items() if key not in ("explain", "superseded")}

@@ -102,7 +102,7 @@ def request_explanations(
     """
     if not listing_ids:
         return []
-    room = max(0, settings.explain_queue_limit - publisher.queue_depth(EXPLAIN_QUEUE))
+    room = max(0, settings.explain.queue_limit - publisher.queue_depth(EXPLAIN_QUEUE))
     asked = list(listing_ids)[:room]
     remember_broker(db, publisher)
     if len(asked) < len(listing_ids):
@@ -126,7 +126,7 @@ def follow_up_refit(
     request_explanations(db, publisher, result.explain, settings)
     if result.superseded:
         try:
-            deleted = store.delete_keys(settings.gradcam_bucket, result.superseded)
+            deleted = store.delete_keys(settings.store.overlay_bucket, result.superseded)
             log.info("deleted %d superseded overlay objects", deleted)
         except STORAGE_ERRORS as error:
             log.warning("superseded overlays not deleted: %s", error)
@@ -144,7 +144,7 @@ def sweep(db: Database, publisher: Publisher, settings: Settings) -> SweepResult
     reset = broker_was_reset(db, publisher)
     if reset:
         log.warning("the broker holds no Vitrine state: re-sending every waiting listing and overlay request")
-    unsent_before = datetime.now(UTC) - timedelta(seconds=settings.requeue_after)
+    unsent_before = datetime.now(UTC) - timedelta(seconds=settings.delivery.requeue_after)
     listings = _resend_listings(db, publisher, everything=reset, unsent_before=unsent_before)
     explanations = _rerequest_explanations(
         db, publisher, settings, everything=reset, unsent_before=unsent_before

@@ -28,7 +28,7 @@ PUBLISH_BATCH = 1000
 
 def producer_app(settings: Settings, name: str = "vitrine-publisher") -> Celery:
     """A Celery app that knows the broker and the queues, and nothing about the tasks' code."""
-    app = Celery(name, broker=settings.broker_url, set_as_current=False)
+    app = Celery(name, broker=settings.services.broker_url, set_as_current=False)
     app.conf.update(
         task_queues=declarations(),
         task_routes=routes(),

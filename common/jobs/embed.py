@@ -120,7 +120,7 @@ class EmbedPipeline:
         self.backbone = backbone
         self.store = store
         self.http = http_client(settings)  # thread-safe; shared by the decode threads
-        self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self.pool = ThreadPoolExecutor(settings.embed.decode_threads, thread_name_prefix="decode")
         self.gate = ClaimGate()
         self._suggestions: SuggestionModel | None = None
 
@@ -144,7 +144,7 @@ class EmbedPipeline:
 
     def _process(self, ids: list[int], retries: Mapping[int, int], report: BatchReport) -> None:
         claimed = until_available(lambda: claim_listings(self.db, ids), "claiming listings")
-        limit = self.settings.max_attempts
+        limit = self.settings.embed.max_attempts
         over = [c for c in claimed if c.attempts > limit]
         work = [c for c in claimed if c.attempts <= limit]
         started = time.perf_counter()
@@ -187,7 +187,7 @@ class EmbedPipeline:
                 reason = (
                     FailureReason.internal_error if exhausted.last_error else FailureReason.too_many_attempts
                 )
-                detail = f"gave up after {self.settings.max_attempts} attempts: " + (
+                detail = f"gave up after {self.settings.embed.max_attempts} attempts: " + (
                     f"last error {exhausted.last_error}"
                     if exhausted.last_error
                     else "it took its worker down each time"
@@ -212,7 +212,7 @@ class EmbedPipeline:
             return
         rows = upsert_suggestions(session, self._suggestions, ids, vectors, self.settings)
         report.suggested += [r.listing_id for r in rows]
-        report.explain += explanation_wanted(rows, self.settings.explain_sample_rate)
+        report.explain += explanation_wanted(rows, self.settings.explain.sample_rate)
 
     def _settle_rejected(
         self,
@@ -224,7 +224,7 @@ class EmbedPipeline:
     ) -> None:
         listing_id = item.listing_id
         final = error.fault == Fault.photo or (
-            error.fault in (Fault.source, Fault.bug) and item.attempts >= self.settings.max_attempts
+            error.fault in (Fault.source, Fault.bug) and item.attempts >= self.settings.embed.max_attempts
         )
         if final:
             mark_failed(session, listing_id, error.reason, error.detail)

@@ -50,7 +50,7 @@ def object_keys(listing_id: int, image_sha256: str, backbone_id: str, version: i
 
 
 def presigned_url(store: ObjectStore, settings: Settings, key: str) -> str:
-    return store.presigned_get(settings.gradcam_bucket, key, settings.presign_expiry)
+    return store.presigned_get(settings.store.overlay_bucket, key, settings.store.presign_expiry)
 
 
 def retry_delay(attempt: int) -> float:
@@ -158,7 +158,7 @@ def explain_listings(
     # One HTTP client for the batch: creating one per photo costs more than decoding it.
     with (
         http_client(settings) as client,
-        ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="explain-load") as pool,
+        ThreadPoolExecutor(settings.embed.decode_threads, thread_name_prefix="explain-load") as pool,
     ):
         errors = list(pool.map(lambda item: _load(item, settings, store, client, min_side), work))
     ready: list[_Work] = []
@@ -193,7 +193,7 @@ def explain_listings(
 
     _store_objects(ready, settings, backbone, store, report)
     recorded = until_available(lambda: _record(db, work, report), "recording overlays")
-    _delete_superseded(store, settings.gradcam_bucket, [report.explained[i] for i in recorded])
+    _delete_superseded(store, settings.store.overlay_bucket, [report.explained[i] for i in recorded])
     return report
 
 
@@ -204,7 +204,7 @@ def _store_objects(
         return
     data_config = resolve_data_config({}, model=backbone.model)
     try:
-        store.ensure_bucket(settings.gradcam_bucket)
+        store.ensure_bucket(settings.store.overlay_bucket)
     except STORAGE_ERRORS as error:
         log.warning("gradcam bucket unavailable (%s: %s); will retry", type(error).__name__, error)
         report.retry.extend(item.listing_id for item in ready)
@@ -216,9 +216,9 @@ def _store_objects(
         )
         overlay, heatmap = render_pngs(item.loaded.image, item.explanation, data_config)
         try:
-            wrote_heatmap = store.put_bytes(settings.gradcam_bucket, heatmap_key, heatmap, "image/png")
+            wrote_heatmap = store.put_bytes(settings.store.overlay_bucket, heatmap_key, heatmap, "image/png")
             # The overlay last: its key on the row means both objects exist.
-            wrote_overlay = store.put_bytes(settings.gradcam_bucket, overlay_key, overlay, "image/png")
+            wrote_overlay = store.put_bytes(settings.store.overlay_bucket, overlay_key, overlay, "image/png")
         except STORAGE_ERRORS as error:
             # Storage down or failing: stop hammering it; this and the rest are retried later.
             log.warning("storing Grad-CAM failed (%s: %s); will retry", type(error).__name__, error)

@@ -95,17 +95,17 @@ def refit(
             return _skipped(SKIPPED_RUNNING)
         started = time.perf_counter()
         with db.transaction() as session:
-            backbone_id = newest_backbone_id(session, settings.model)
+            backbone_id = newest_backbone_id(session, settings.backbone.model)
             if backbone_id is None:
-                return _skipped(f"no embeddings of {settings.model} yet")
+                return _skipped(f"no embeddings of {settings.backbone.model} yet")
             age = version_age(session, backbone_id)
             if min_age is not None and age is not None and age < min_age:
                 return _skipped(f"the current clustering is {age:.0f}s old, younger than {min_age:.0f}s")
-            n, k = count_for_fit(session, backbone_id, k or settings.refit_k)
+            n, k = count_for_fit(session, backbone_id, k or settings.refit.k)
             if n < k:
                 return _skipped(f"{n} embeddings are fewer than k={k}", backbone_id)
             centroids, algorithm = fit_centroids(session, backbone_id, n, k, settings)
-            scores = score_clustering(session, backbone_id, centroids, settings.refit_chunk)
+            scores = score_clustering(session, backbone_id, centroids, settings.refit.chunk)
             model = fit_suggestions(session, backbone_id, centroids, scores, settings)
             fit_seconds = time.perf_counter() - started
             lineage = cluster_lineage(current_version(session, backbone_id), centroids)
@@ -173,17 +173,17 @@ def fit_centroids(
     session: Session, backbone_id: str, n: int, k: int, settings: Settings
 ) -> tuple[np.ndarray, str]:
     """Unit-length KMeans centroids; streamed through MiniBatchKMeans above `refit_max_vectors`."""
-    if n <= settings.refit_max_vectors:
+    if n <= settings.refit.max_vectors:
         vectors = np.concatenate(
-            [v for _ids, v, _labels in iter_embeddings(session, backbone_id, settings.refit_chunk)]
+            [v for _ids, v, _labels in iter_embeddings(session, backbone_id, settings.refit.chunk)]
         )
-        kmeans = KMeans(n_clusters=k, n_init=10, random_state=settings.refit_seed).fit(vectors)
+        kmeans = KMeans(n_clusters=k, n_init=10, random_state=settings.refit.seed).fit(vectors)
         centroids, algorithm = kmeans.cluster_centers_, "kmeans"
     else:
         # Too many to hold at once: stream chunks through MiniBatchKMeans for a few epochs.
-        streamed = MiniBatchKMeans(n_clusters=k, random_state=settings.refit_seed, n_init=3)
+        streamed = MiniBatchKMeans(n_clusters=k, random_state=settings.refit.seed, n_init=3)
         for _epoch in range(3):
-            for _ids, vectors, _labels in iter_embeddings(session, backbone_id, settings.refit_chunk):
+            for _ids, vectors, _labels in iter_embeddings(session, backbone_id, settings.refit.chunk):
                 if len(vectors) >= k:
                     streamed.partial_fit(vectors)
         centroids, algorithm = streamed.cluster_centers_, "minibatch-kmeans"
@@ -221,7 +221,7 @@ def fit_suggestions(
 ) -> SuggestionModel:
     """The suggestion model of the new clusters, fitted on the labelled listings, with its threshold."""
     categories, shares, _summary = cluster_label_shares(scores.assigned, scores.labels, len(centroids))
-    labelled = labelled_set(session, backbone_id, settings.refit_chunk, categories) if categories else None
+    labelled = labelled_set(session, backbone_id, settings.refit.chunk, categories) if categories else None
     # The version id is known once the version row exists; `refit` sets it then.
     return fit_suggestion_model(0, backbone_id, centroids, categories, shares, settings, labelled)
 

@@ -94,7 +94,7 @@ CLUSTERING_KEYS = (
 def status_database(settings: Settings) -> Database:
     """A small pool with a connect timeout: a status probe must fail fast, not hang."""
     return Database(
-        settings.database_url,
+        settings.services.database_url,
         pool_size=2,
         max_overflow=2,
         connect_args={"connect_timeout": int(CONNECT_TIMEOUT)},
@@ -103,7 +103,7 @@ def status_database(settings: Settings) -> Database:
 
 def redis_client(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(
-        settings.broker_url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
+        settings.services.broker_url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
     )
 
 
@@ -151,7 +151,10 @@ def database_section(session: Session, settings: Settings, snapshot: Snapshot) -
 
     version = session.execute(
         select(ClusteringVersion)
-        .where(ClusteringVersion.is_current, ClusteringVersion.backbone_id.startswith(settings.model + "@"))
+        .where(
+            ClusteringVersion.is_current,
+            ClusteringVersion.backbone_id.startswith(settings.backbone.model + "@"),
+        )
         .order_by(ClusteringVersion.created_at.desc(), ClusteringVersion.id.desc())
         .limit(1)
     ).scalar_one_or_none()
@@ -175,7 +178,7 @@ def database_section(session: Session, settings: Settings, snapshot: Snapshot) -
             "threshold": version.threshold,
             "estimated_precision": version.estimated_precision,
             "estimated_coverage": version.estimated_coverage,
-            "threshold_override": settings.confidence_threshold,
+            "threshold_override": settings.suggestions.confidence_threshold,
         }
     last = session.execute(
         select(ClusteringVersion.id, ClusteringVersion.fit_seconds, ClusteringVersion.created_at)
@@ -239,7 +242,7 @@ def collect(
 
     if check_s3:
         try:
-            ObjectStore.from_settings(settings, probe=True).client.bucket_exists(settings.images_bucket)
+            ObjectStore.from_settings(settings, probe=True).client.bucket_exists(settings.store.images_bucket)
             snapshot.services["s3"] = None
         except STORAGE_ERRORS as error:
             snapshot.services["s3"] = _error(error)

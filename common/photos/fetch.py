@@ -160,7 +160,7 @@ def check_url_allowed(url: str, settings: Settings) -> str:
         port = parts.port or DEFAULT_PORTS[parts.scheme]
     except ValueError:
         raise ImageRejected(FailureReason.invalid_url, f"bad port in {url!r}") from None
-    if settings.fetch_allowed_hosts and not _host_matches(host, settings.fetch_allowed_hosts):
+    if settings.photos.fetch_allowed_hosts and not _host_matches(host, settings.photos.fetch_allowed_hosts):
         raise ImageRejected(FailureReason.host_not_allowed, f"host {host!r} is not allowed")
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
@@ -168,7 +168,7 @@ def check_url_allowed(url: str, settings: Settings) -> str:
         raise ImageRejected(FailureReason.fetch_failed, f"cannot resolve {host!r}: {error}") from None
     addresses = {str(info[4][0]) for info in infos}
     private = sorted(a for a in addresses if not is_public_address(a))
-    if private and not _private_host_allowed(host, port, settings.fetch_private_hosts):
+    if private and not _private_host_allowed(host, port, settings.photos.fetch_private_hosts):
         raise ImageRejected(
             FailureReason.private_address,
             f"host {host!r} port {port} resolves to non-public address {private[0]}",
@@ -184,7 +184,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 
 def allowed_buckets(settings: Settings) -> set[str]:
-    return {settings.images_bucket, *settings.fetch_allowed_buckets}
+    return {settings.store.images_bucket, *settings.photos.fetch_allowed_buckets}
 
 
 def check_bucket_allowed(bucket: str, settings: Settings) -> None:
@@ -201,12 +201,12 @@ def check_bucket_allowed(bucket: str, settings: Settings) -> None:
 
 def http_client(settings: Settings) -> httpx.Client:
     """One client per worker: creating one costs ~30 ms (TLS context), more than a decode."""
-    return httpx.Client(timeout=settings.fetch_timeout, follow_redirects=False)
+    return httpx.Client(timeout=settings.photos.fetch_timeout, follow_redirects=False)
 
 
 def fetch_http(url: str, settings: Settings, client: httpx.Client | None = None) -> bytes:
     """GET within one deadline for the whole download, a byte cap, and the host checks on every hop."""
-    deadline = time.monotonic() + settings.fetch_timeout
+    deadline = time.monotonic() + settings.photos.fetch_timeout
     own_client = client is None
     client = client or http_client(settings)
     try:
@@ -229,7 +229,7 @@ def fetch_http(url: str, settings: Settings, client: httpx.Client | None = None)
     except httpx.TimeoutException:
         raise ImageRejected(
             FailureReason.fetch_timeout,
-            f"no complete answer within {settings.fetch_timeout}s: {url}",
+            f"no complete answer within {settings.photos.fetch_timeout}s: {url}",
             Fault.source,
         ) from None
     except httpx.HTTPError as error:
@@ -242,10 +242,12 @@ def fetch_http(url: str, settings: Settings, client: httpx.Client | None = None)
 
 
 def _read_within(response: httpx.Response, deadline: float, settings: Settings) -> bytes:
+    limit = settings.photos.max_image_bytes
     declared = response.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_image_bytes:
+    if declared and declared.isdigit() and int(declared) > settings.photos.max_image_bytes:
         raise ImageRejected(
-            FailureReason.too_many_bytes, f"{declared} bytes declared, limit {settings.max_image_bytes}"
+            FailureReason.too_many_bytes,
+            f"{declared} bytes declared, limit {limit}",
         )
     chunks, total = [], 0
     for chunk in response.iter_bytes():
@@ -254,8 +256,8 @@ def _read_within(response: httpx.Response, deadline: float, settings: Settings) 
         if time.monotonic() > deadline:
             raise httpx.TimeoutException("deadline passed")
         total += len(chunk)
-        if total > settings.max_image_bytes:
-            raise ImageRejected(FailureReason.too_many_bytes, f"more than {settings.max_image_bytes} bytes")
+        if total > settings.photos.max_image_bytes:
+            raise ImageRejected(FailureReason.too_many_bytes, f"more than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -265,7 +267,7 @@ def fetch_s3(url: str, settings: Settings, store: ObjectStore) -> bytes:
     bucket, key = parse_s3_url(url)
     check_bucket_allowed(bucket, settings)
     try:
-        return store.get_bytes(bucket, key, max_bytes=settings.max_image_bytes)
+        return store.get_bytes(bucket, key, max_bytes=settings.photos.max_image_bytes)
     except ObjectTooLarge as error:
         raise ImageRejected(FailureReason.too_many_bytes, str(error)) from None
     except ValueError as error:  # the SDK refuses a key it cannot send
@@ -309,17 +311,17 @@ def open_checked(data: bytes, settings: Settings) -> Image.Image:
     except DECODE_ERRORS as error:
         raise ImageRejected(FailureReason.corrupt_image, f"{type(error).__name__}: {error}") from None
 
-    if image.format not in settings.allowed_image_formats:
+    if image.format not in settings.photos.allowed_image_formats:
         raise ImageRejected(FailureReason.unsupported_format, f"format {image.format} not allowed")
     width, height = image.size
-    if width * height > settings.max_image_pixels:
+    if width * height > settings.photos.max_image_pixels:
         raise ImageRejected(
             FailureReason.decompression_bomb,
-            f"{width}x{height} declares {width * height} pixels, limit {settings.max_image_pixels}",
+            f"{width}x{height} declares {width * height} pixels, limit {settings.photos.max_image_pixels}",
         )
-    if max(width, height) > settings.max_image_side:
+    if max(width, height) > settings.photos.max_image_side:
         raise ImageRejected(
-            FailureReason.image_too_large, f"{width}x{height} exceeds side {settings.max_image_side}"
+            FailureReason.image_too_large, f"{width}x{height} exceeds side {settings.photos.max_image_side}"
         )
     frames = int(getattr(image, "n_frames", 1))
     if frames > 1:

@@ -144,15 +144,15 @@ def fit_suggestion_model(
         cluster_shares,
         settings,
         labelled,
-        Fitted(settings.suggestion_method),
+        Fitted(settings.suggestions.suggestion_method),
     )
     if labelled is None or not len(labelled.labels) or not categories:
         return model
     fitted = model.fitted
     assert fitted is not None
-    seed = settings.refit_seed
+    seed = settings.refit.seed
     n_categories = len(categories)
-    method = settings.suggestion_method
+    method = settings.suggestions.suggestion_method
     signals: dict[str, np.ndarray] = {}
     if method in ("linear", "fused"):
         present = np.unique(labelled.labels)
@@ -191,7 +191,9 @@ def fit_suggestion_model(
         fitted.oof_probabilities = probs.astype(np.float32)
         fitted.oof_signals = {name: values.astype(np.float32) for name, values in signals.items()}
     rows = threshold_sample(len(labels), seed)
-    fitted.threshold = threshold_from_probabilities(probs[rows], labels[rows], settings.target_precision)
+    fitted.threshold = threshold_from_probabilities(
+        probs[rows], labels[rows], settings.suggestions.target_precision
+    )
     return model
 
 

@@ -317,7 +317,7 @@ def model_for_clusters(
 
     `reference`: labelled listings for knn; `fitted`: what a refit fitted (`fit_suggestion_model`).
     """
-    method = fitted.method if fitted is not None else settings.suggestion_method
+    method = fitted.method if fitted is not None else settings.suggestions.suggestion_method
     model = SuggestionModel(
         version_id=version_id,
         backbone_id=backbone_id,
@@ -325,8 +325,8 @@ def model_for_clusters(
         categories=categories,
         cluster_shares=cluster_shares,
         method=method,
-        temperature=settings.centroid_temperature,
-        neighbours=settings.knn_neighbours,
+        temperature=settings.suggestions.centroid_temperature,
+        neighbours=settings.suggestions.knn_neighbours,
         fitted=fitted,
     )
     if reference is not None and len(reference.labels):

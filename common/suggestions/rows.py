@@ -42,8 +42,8 @@ DEFAULT_CONFIDENCE_THRESHOLD = 0.6
 
 def acceptance_threshold(model: SuggestionModel, settings: Settings) -> float:
     """The configured override, else the version's estimate for the target precision, else the default."""
-    if settings.confidence_threshold is not None:
-        return settings.confidence_threshold
+    if settings.suggestions.confidence_threshold is not None:
+        return settings.suggestions.confidence_threshold
     if model.threshold is not None:
         return model.threshold.threshold
     return DEFAULT_CONFIDENCE_THRESHOLD
@@ -81,7 +81,7 @@ def review_reason(
     if confidence < threshold:
         return ReviewReason.low_confidence
     # Salted, so that the audited listings are not the ones sampled for overlays.
-    if stable_fraction(f"audit:{listing_id}") < settings.review_audit_rate:
+    if stable_fraction(f"audit:{listing_id}") < settings.suggestions.review_audit_rate:
         return ReviewReason.audit_sample
     return None
 
@@ -178,13 +178,13 @@ def build_suggestion_model(
     """The model the refit fitted for this version; the knn reference read back from Postgres."""
     categories, shares = version_categories(version)
     fitted = Fitted.loads(version.suggestion_model) if version.suggestion_model is not None else None
-    method = fitted.method if fitted is not None else settings.suggestion_method
+    method = fitted.method if fitted is not None else settings.suggestions.suggestion_method
     reference = None
     # Only knn reads the reference (also the image fallback of a method with no fitted probe).
     if categories and (
         method == "knn" or (method in ("linear", "fused") and (fitted is None or fitted.image is None))
     ):
-        reference = labelled_set(session, version.backbone_id, settings.refit_chunk, categories)
+        reference = labelled_set(session, version.backbone_id, settings.refit.chunk, categories)
     return model_for_clusters(
         version.id,
         version.backbone_id,
@@ -359,7 +359,7 @@ def reassign_suggestions(
                 select(Embedding.id, Embedding.listing_id, Embedding.vector)
                 .where(Embedding.backbone_id == backbone_id, Embedding.id > last_id)
                 .order_by(Embedding.id)
-                .limit(settings.refit_chunk)
+                .limit(settings.refit.chunk)
             ).all()
             if not rows:
                 return total, explain, dropped
@@ -376,5 +376,5 @@ def reassign_suggestions(
                 session, model, [r[1] for r in rows], np.stack([r[2] for r in rows]), settings, lineage
             )
         total += len(written)
-        explain += explanation_wanted(written, settings.explain_sample_rate)
+        explain += explanation_wanted(written, settings.explain.sample_rate)
         dropped += [key for r in written if not r.explanation_kept for key in overlays.get(r.listing_id, [])]

@@ -79,8 +79,8 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 
 def check_device(settings: Settings) -> tuple[torch.device, str]:
     """Device and precision a worker will use, checked when it starts (before any model loads)."""
-    device = resolve_device(settings.device)
-    return device, resolve_precision(settings.precision, device)
+    device = resolve_device(settings.backbone.device)
+    return device, resolve_precision(settings.backbone.precision, device)
 
 
 def set_torch_threads(threads: int | None) -> int:
@@ -273,16 +273,16 @@ class Backbone:
     def from_settings(
         cls, settings: Settings, *, allow_random: bool = False, with_classifier: bool = False
     ) -> Backbone:
-        set_torch_threads(settings.torch_threads)
+        set_torch_threads(settings.backbone.torch_threads)
         return cls.load(
-            settings.model,
-            settings.weights,
-            settings.device,
-            precision=settings.precision,
+            settings.backbone.model,
+            settings.backbone.weights,
+            settings.backbone.device,
+            precision=settings.backbone.precision,
             allow_random=allow_random,
             with_classifier=with_classifier,
-            crop=settings.crop,
-            decode=settings.decode,
+            crop=settings.backbone.crop,
+            decode=settings.backbone.decode,
         )
 
     def with_decode(self, decode: str) -> Backbone:

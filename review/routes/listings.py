@@ -102,14 +102,14 @@ def _with_urls(runtime: Runtime, view: dict[str, Any]) -> dict[str, Any]:
     suggestion = view.get("suggestion")
     if suggestion is not None:
         suggestion = dict(suggestion)
-        expiry = runtime.settings.presign_expiry
+        expiry = runtime.settings.store.presign_expiry
         for key_field, url_field in (("gradcam_key", "gradcam_url"), ("heatmap_key", "heatmap_url")):
             key = suggestion.pop(key_field)
             suggestion[url_field] = None
             if key:
                 try:
                     suggestion[url_field] = runtime.store.presigned_get(
-                        runtime.settings.gradcam_bucket, key, expiry
+                        runtime.settings.store.overlay_bucket, key, expiry
                     )
                 except STORAGE_ERRORS:
                     suggestion[url_field] = None

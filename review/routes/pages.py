@@ -115,7 +115,7 @@ def photo_url(runtime: Runtime, image_url: str | None) -> str | None:
     if image_url.startswith("s3://"):
         bucket, key = parse_s3_url(image_url)
         try:
-            return runtime.store.presigned_get(bucket, key, runtime.settings.presign_expiry)
+            return runtime.store.presigned_get(bucket, key, runtime.settings.store.presign_expiry)
         except STORAGE_ERRORS:
             return None
     return image_url
@@ -126,14 +126,14 @@ def _overlay_url(runtime: Runtime, key: str | None) -> str | None:
         return None
     try:
         return runtime.store.presigned_get(
-            runtime.settings.gradcam_bucket, key, runtime.settings.presign_expiry
+            runtime.settings.store.overlay_bucket, key, runtime.settings.store.presign_expiry
         )
     except STORAGE_ERRORS:
         return None
 
 
 def _review_context(runtime: Runtime, moderator: str, category: str | None) -> dict[str, Any]:
-    lease = runtime.settings.review_lease_seconds
+    lease = runtime.settings.review.review_lease_seconds
     midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     with runtime.db.transaction() as session:
         claimed = review.claim(session, moderator, lease, category)
@@ -221,7 +221,7 @@ async def undo_form(
 ) -> Response:
     check_form_csrf(request, csrf_token)
     runtime = runtime_of(request)
-    lease = runtime.settings.review_lease_seconds
+    lease = runtime.settings.review.review_lease_seconds
 
     def work(session: Session) -> None:
         review.undo(session, identity.name, external_id, lease)

@@ -45,7 +45,7 @@ async def claim(
     identity: Identity = Reviewer,
 ) -> dict[str, Any] | Response:
     runtime = runtime_of(request)
-    lease = runtime.settings.review_lease_seconds
+    lease = runtime.settings.review.review_lease_seconds
     claimed = await run_in_threadpool(
         in_transaction, runtime, lambda s: review.claim(s, identity.name, lease, category)
     )
@@ -70,7 +70,7 @@ async def decision(
 @router.post("/review/{external_id}/undo", summary="Revert your last decision on an item")
 async def undo(request: Request, external_id: str, identity: Identity = Reviewer) -> dict[str, Any]:
     runtime = runtime_of(request)
-    lease = runtime.settings.review_lease_seconds
+    lease = runtime.settings.review.review_lease_seconds
     row = await run_in_threadpool(
         in_transaction, runtime, lambda s: review.undo(s, identity.name, external_id, lease)
     )

@@ -38,13 +38,40 @@ def test_lists_and_urls_are_normalised(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("VITRINE_ALLOWED_IMAGE_FORMATS", "jpeg,png")
     monkeypatch.setenv("VITRINE_DATABASE_URL", "postgresql://u@db:5432/vitrine")
     settings = load_settings()
-    assert settings.fetch_allowed_hosts == ["images.example.com", ".cdn.example.org"]
-    assert settings.allowed_image_formats == ["JPEG", "PNG"]
-    assert settings.database_url == "postgresql+psycopg://u@db:5432/vitrine"
+    assert settings.photos.fetch_allowed_hosts == ["images.example.com", ".cdn.example.org"]
+    assert settings.photos.allowed_image_formats == ["JPEG", "PNG"]
+    assert settings.services.database_url == "postgresql+psycopg://u@db:5432/vitrine"
 
 
 def test_a_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("VITRINE_BATCH_SIZE", raising=False)
     (tmp_path / ".env").write_text("VITRINE_BATCH_SIZE=7\n")
-    assert load_settings().batch_size == 7
+    assert load_settings().embed.batch_size == 7
+
+
+def test_each_concern_reads_its_own_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VITRINE_REFIT_K", "9")
+    monkeypatch.setenv("VITRINE_EXPLAIN_BATCH_SIZE", "3")
+    monkeypatch.setenv("VITRINE_BATCH_SIZE", "5")
+    settings = load_settings()
+    assert (settings.refit.k, settings.explain.batch_size, settings.embed.batch_size) == (9, 3, 5)
+
+
+def test_a_renamed_variable_is_still_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VITRINE_GRADCAM_BUCKET", "old-name-bucket")
+    assert load_settings().store.overlay_bucket == "old-name-bucket"
+    monkeypatch.setenv("VITRINE_OVERLAY_BUCKET", "new-name-bucket")
+    assert load_settings().store.overlay_bucket == "new-name-bucket"
+
+
+def test_replace_validates_and_names_the_variable() -> None:
+    settings = load_settings()
+    assert settings.replace(refit_k=4).refit.k == 4
+    assert settings.refit.k is None  # the original is unchanged
+    with pytest.raises(ConfigError, match="VITRINE_BATCH_SIZE"):
+        settings.replace(batch_size=0)
+    with pytest.raises(ConfigError, match="VITRINE_NO_SUCH_THING: no such setting"):
+        settings.replace(no_such_thing=1)

@@ -44,6 +44,6 @@ def test_full_keeps_what_the_centre_crop_cuts_and_has_its_own_backbone_id() -> N
 
 
 def test_crop_setting_is_validated() -> None:
-    assert load_settings(crop="center").crop == "center"
+    assert load_settings(crop="center").backbone.crop == "center"
     with pytest.raises(ConfigError, match="VITRINE_CROP"):
         load_settings(crop="square")

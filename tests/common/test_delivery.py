@@ -22,7 +22,7 @@ from vitrine.local.services import free_port, redis_argv
 
 
 def _depth(settings: Settings, queue: str) -> int:
-    return int(redis.Redis.from_url(settings.broker_url).llen(queue))
+    return int(redis.Redis.from_url(settings.services.broker_url).llen(queue))
 
 
 def _age(runtime: Runtime, listing_ids: list[int], **values: object) -> None:
@@ -66,7 +66,7 @@ def test_after_redis_restarted_empty_everything_waiting_is_sent_once(
         tmp_path / "redis.log",
     )
     redis_server.start()
-    runtime = Runtime(settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{port}/0"}))
+    runtime = Runtime(settings.replace(broker_url=f"redis://127.0.0.1:{port}/0"))
     try:
         ids = [
             publish_listing(runtime, f"sku-{i}", f"https://img.example.com/{i}.jpg").listing_id
@@ -121,7 +121,7 @@ def test_overlay_requests_wait_in_postgres_when_the_explain_queue_is_full(
     settings: Settings, runtime: Runtime, clean_db: None
 ) -> None:
     ids = _flagged(runtime, 5)
-    limited = settings.model_copy(update={"explain_queue_limit": 3})
+    limited = settings.replace(explain_queue_limit=3)
 
     asked = request_explanations(runtime.db, runtime.publisher, ids, limited)
 

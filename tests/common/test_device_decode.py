@@ -52,9 +52,9 @@ def test_the_safe_decoding_checks_come_before_any_device_decode(lite0: Backbone)
     photo = real_jpeg(4)
     width, height = Image.open(BytesIO(photo)).size
     cases = {
-        "pixels": load_settings().model_copy(update={"max_image_pixels": width * height - 1}),
-        "side": load_settings().model_copy(update={"max_image_side": max(width, height) - 1}),
-        "format": load_settings().model_copy(update={"allowed_image_formats": ["PNG"]}),
+        "pixels": load_settings().replace(max_image_pixels=width * height - 1),
+        "side": load_settings().replace(max_image_side=max(width, height) - 1),
+        "format": load_settings().replace(allowed_image_formats=["PNG"]),
     }
     reasons = {
         name: prepare_batch(backbone, [photo], bytes, settings)[0].error for name, settings in cases.items()

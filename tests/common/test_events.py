@@ -21,7 +21,7 @@ PHOTO = "https://img.example.com/a.jpg"
 
 
 def _queued_messages(settings: Settings) -> int:
-    return int(redis.Redis.from_url(settings.broker_url).llen(EMBED_QUEUE))
+    return int(redis.Redis.from_url(settings.services.broker_url).llen(EMBED_QUEUE))
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_a_title_keeps_its_line_breaks() -> None:
 
 
 def test_photos_only_from_our_images_buckets(settings: Settings, runtime: Runtime, clean_db: None) -> None:
-    ours = ListingEvent(listing_id="ours", image_url=f"s3://{settings.images_bucket}/photos/a.jpg")
+    ours = ListingEvent(listing_id="ours", image_url=f"s3://{settings.store.images_bucket}/photos/a.jpg")
     other = ListingEvent(listing_id="other", image_url="s3://other-bucket/private.jpg")
     assert refusal(ours, settings) is None
     refused = refusal(other, settings)
@@ -66,7 +66,7 @@ def test_photos_only_from_our_images_buckets(settings: Settings, runtime: Runtim
     with runtime.db.transaction() as session:
         assert session.execute(select(func.count()).select_from(Listing)).scalar_one() == 0
     assert _queued_messages(settings) == 0
-    allowed = settings.model_copy(update={"fetch_allowed_buckets": ["other-bucket"]})
+    allowed = settings.replace(fetch_allowed_buckets=["other-bucket"])
     assert refusal(other, allowed) is None
 
 
@@ -87,7 +87,7 @@ def test_listings_sent_while_the_broker_is_down_are_recorded_and_sent_by_the_swe
     settings: Settings, runtime: Runtime, clean_db: None
 ) -> None:
     sweep(runtime.db, runtime.publisher, settings)  # the broker mark exists from here on
-    down = Runtime(settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"}))
+    down = Runtime(settings.replace(broker_url=f"redis://127.0.0.1:{free_port()}/0"))
     try:
         results = publish_listings(
             down, [ListingEvent(listing_id=f"sku-{i}", image_url=f"{PHOTO}?{i}") for i in range(3)]
@@ -141,7 +141,7 @@ def test_a_new_image_or_a_failed_listing_is_queued_again(
 
 def test_each_queue_gets_only_its_own_messages(settings: Settings, runtime: Runtime, clean_db: None) -> None:
     app = runtime.publisher.app
-    client = redis.Redis.from_url(settings.broker_url)
+    client = redis.Redis.from_url(settings.services.broker_url)
     # Declare every queue with its binding, as workers do when they start.
     with app.connection_for_write() as connection:
         for queue in app.amqp.queues.values():

@@ -135,12 +135,12 @@ def test_explain_listings_stores_pngs_before_keys_and_is_idempotent(
     listing_ids = sorted(ids.values())
     broken = listing_ids[-1]
     # A photo replaced by bytes that are no image: recorded, the others still explained.
-    store.put_bytes(settings.images_bucket, "photos/broken.jpg", b"not a jpeg at all", "image/jpeg")
+    store.put_bytes(settings.store.images_bucket, "photos/broken.jpg", b"not a jpeg at all", "image/jpeg")
     with db.transaction() as session:
         session.execute(
             update(Listing)
             .where(Listing.id == broken)
-            .values(image_url=f"s3://{settings.images_bucket}/photos/broken.jpg")
+            .values(image_url=f"s3://{settings.store.images_bucket}/photos/broken.jpg")
         )
 
     report = explain_listings(db, listing_ids, settings, lite0, store)
@@ -185,7 +185,7 @@ def test_storage_down_means_retry_and_rows_untouched(
     db: Database, settings: Settings, clean_db: None, store: ObjectStore, lite0: Backbone
 ) -> None:
     ids = seed_listings(db, settings, store, lite0, flipkart_rows("Watches")[:2])
-    dead = ObjectStore.from_settings(settings.model_copy(update={"s3_endpoint": f"127.0.0.1:{free_port()}"}))
+    dead = ObjectStore.from_settings(settings.replace(s3_endpoint=f"127.0.0.1:{free_port()}"))
     report = explain_listings(db, sorted(ids.values()), settings, lite0, dead)
     assert sorted(report.retry) == sorted(ids.values())
     assert report.explained == {} and report.failed == {}

@@ -104,7 +104,7 @@ def test_unreachable_host_is_a_fetch_failure() -> None:
 
 def test_s3_urls_read_from_the_images_bucket_only(settings: Settings) -> None:
     store = ObjectStore.from_settings(settings)
-    bucket = settings.images_bucket
+    bucket = settings.store.images_bucket
     store.ensure_bucket(bucket)
     store.put_bytes(bucket, "a.jpg", real_jpeg(), "image/jpeg")
     assert fetch_image_bytes(f"s3://{bucket}/a.jpg", settings, store) == real_jpeg()
@@ -112,7 +112,7 @@ def test_s3_urls_read_from_the_images_bucket_only(settings: Settings) -> None:
         FailureReason.fetch_failed, fetch_image_bytes, f"s3://{bucket}/missing.jpg", settings, store
     )
     assert missing.fault == Fault.photo
-    small = settings.model_copy(update={"max_image_bytes": 2048})
+    small = settings.replace(max_image_bytes=2048)
     _rejected(FailureReason.too_many_bytes, fetch_image_bytes, f"s3://{bucket}/a.jpg", small, store)
     # Another bucket of the same store: refused before any request.
     store.ensure_bucket("other-bucket")
@@ -123,8 +123,8 @@ def test_s3_urls_read_from_the_images_bucket_only(settings: Settings) -> None:
 
 
 def test_our_store_being_away_is_not_the_photos_fault(settings: Settings) -> None:
-    away = settings.model_copy(update={"s3_endpoint": f"127.0.0.1:{free_port()}"})
-    url = f"s3://{settings.images_bucket}/a.jpg"
+    away = settings.replace(s3_endpoint=f"127.0.0.1:{free_port()}")
+    url = f"s3://{settings.store.images_bucket}/a.jpg"
     rejected = _rejected(
         FailureReason.storage_unavailable, fetch_image_bytes, url, away, ObjectStore.from_settings(away)
     )

@@ -178,7 +178,7 @@ def test_the_deadline_bounds_the_whole_download_not_each_read() -> None:
 
 def test_a_bad_s3_key_is_an_invalid_url_not_a_size_problem(settings: Settings, runtime: Runtime) -> None:
     with pytest.raises(ImageRejected) as caught:
-        fetch_image_bytes(f"s3://{settings.images_bucket}/", settings, runtime.store)
+        fetch_image_bytes(f"s3://{settings.store.images_bucket}/", settings, runtime.store)
     assert caught.value.reason == FailureReason.invalid_url
 
 
@@ -221,13 +221,13 @@ def test_every_case_in_one_batch_ends_right_and_alone(
     settings: Settings, runtime: Runtime, clean_db: None, lite0: Backbone, decode: str
 ) -> None:
     # `device`: JPEGs decoded by torchvision on the model's device (the CPU here), as on a GPU.
-    store, bucket = runtime.store, settings.images_bucket
+    store, bucket = runtime.store, settings.store.images_bucket
     store.ensure_bucket(bucket)
     files = {"good.jpg": real_jpeg(0), "truncated.jpg": real_jpeg(1)[:3000], "page.jpg": b"<html>" * 100}
     for name, data in files.items():
         store.put_bytes(bucket, name, data, "image/jpeg")
     with serve_bytes({"good.jpg": real_jpeg(2)}) as base:
-        local = settings.model_copy(update={"fetch_private_hosts": [base.removeprefix("http://")]})
+        local = settings.replace(fetch_private_hosts=[base.removeprefix("http://")])
         ids = _listings(
             runtime,
             {
@@ -258,21 +258,21 @@ def test_every_case_in_one_batch_ends_right_and_alone(
     assert last_error is not None and "KeyError" in last_error
     assert ids["buggy"] in report.retry
     # Tried again until the cap: then `internal_error`, naming the exception.
-    for _ in range(settings.max_attempts - 1):
+    for _ in range(settings.embed.max_attempts - 1):
         pipeline.run([ids["buggy"]])
     status, reason, attempts, last_error = _states(runtime, ids)["buggy"]
-    assert (status, reason, attempts) == ("failed", "internal_error", settings.max_attempts)
+    assert (status, reason, attempts) == ("failed", "internal_error", settings.embed.max_attempts)
 
 
 def test_our_store_being_away_never_counts_against_a_listing(
     settings: Settings, runtime: Runtime, clean_db: None, lite0: Backbone
 ) -> None:
-    ids = _listings(runtime, {"waiting": f"s3://{settings.images_bucket}/good.jpg"})
-    away = settings.model_copy(update={"s3_endpoint": f"127.0.0.1:{_closed_port()}"})
+    ids = _listings(runtime, {"waiting": f"s3://{settings.store.images_bucket}/good.jpg"})
+    away = settings.replace(s3_endpoint=f"127.0.0.1:{_closed_port()}")
     from common.object_store import ObjectStore
 
     pipeline = EmbedPipeline(away, runtime.db, lite0, ObjectStore.from_settings(away))
-    for _ in range(settings.max_attempts + 2):
+    for _ in range(settings.embed.max_attempts + 2):
         report = pipeline.run(list(ids.values()))
         assert ids["waiting"] in report.retry
     assert _states(runtime, ids)["waiting"] == ("queued", None, 0, None)

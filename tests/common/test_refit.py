@@ -162,7 +162,7 @@ def test_embedded_listings_get_suggestions_and_reviewed_ones_are_left_alone(
         assert scores == sorted(scores, reverse=True)
         assert suggestion.alternatives[0]["category"] == suggestion.category
         assert suggestion.category == truth[ids.index(listing_id)]
-        assert suggestion.method == settings.suggestion_method
+        assert suggestion.method == settings.suggestions.suggestion_method
 
 
 def test_each_flagged_suggestion_says_why(db: Database, settings: Settings, clean_db: None) -> None:
@@ -174,9 +174,9 @@ def test_each_flagged_suggestion_says_why(db: Database, settings: Settings, clea
         session.get(Listing, mislabelled).seller_category = CATEGORIES[1]  # type: ignore[union-attr]
     # Everything confident but unlabelled would be audited at rate 1; nothing at rate 0. kNN:
     # on these blobs every other listing's neighbours agree, so only the mislabelled one stands out.
-    settings = settings.model_copy(update={"suggestion_method": "knn"})
+    settings = settings.replace(suggestion_method="knn")
     for rate in (0.0, 1.0):
-        refit(db, settings.model_copy(update={"review_audit_rate": rate}))
+        refit(db, settings.replace(review_audit_rate=rate))
         with db.transaction() as session:
             rows = session.execute(
                 select(Suggestion.listing_id, Suggestion.needs_review, Suggestion.review_reason)
@@ -188,7 +188,7 @@ def test_each_flagged_suggestion_says_why(db: Database, settings: Settings, clea
         assert others == ({None} if rate == 0.0 else {ReviewReason.audit_sample})
 
     # Below the threshold, low confidence is the reason for everything else.
-    refit(db, settings.model_copy(update={"confidence_threshold": 1.0}))
+    refit(db, settings.replace(confidence_threshold=1.0))
     with db.transaction() as session:
         rows = session.execute(
             select(Suggestion.listing_id, Suggestion.confidence, Suggestion.review_reason)
@@ -206,7 +206,7 @@ def test_both_suggestion_methods_give_calibrated_suggestions(
     vectors, truth = blobs(30)
     ids = insert_rows(db, vectors, truth)
 
-    refit(db, settings.model_copy(update={"suggestion_method": method}))
+    refit(db, settings.replace(suggestion_method=method))
 
     with db.transaction() as session:
         suggestions = list(session.execute(select(Suggestion)).scalars())
@@ -275,7 +275,7 @@ def test_streamed_minibatch_path_matches_the_in_memory_fit(
     insert_rows(db, vectors, truth)
 
     in_memory = refit(db, settings)
-    streamed = refit(db, settings.model_copy(update={"refit_max_vectors": 100, "refit_chunk": 100}))
+    streamed = refit(db, settings.replace(refit_max_vectors=100, refit_chunk=100))
 
     rows = versions(db)
     assert [v.algorithm for v in rows] == ["kmeans", "minibatch-kmeans"]
@@ -334,7 +334,7 @@ def test_refit_fits_the_fused_model_stores_its_threshold_and_each_signal(
         for listing_id, category in zip(ids, truth, strict=True):
             if listing_id != untitled:
                 session.get(Listing, listing_id).title = f"a fine {category[:-1]} no {listing_id}"  # type: ignore[union-attr]
-    fused = settings.model_copy(update={"suggestion_method": "fused", "review_audit_rate": 0.0})
+    fused = settings.replace(suggestion_method="fused", review_audit_rate=0.0)
 
     result = refit(db, fused)
 

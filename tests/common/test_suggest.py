@@ -42,7 +42,7 @@ def fitted_model(settings: Settings, method: str, per_category: int = 40, titles
     labelled = LabelledSet(
         np.arange(100, 100 + len(labels)), vectors, labels, list(names) if titles else [None] * len(labels)
     )
-    settings = settings.model_copy(update={"suggestion_method": method})
+    settings = settings.replace(suggestion_method=method)
     return fit_suggestion_model(1, "b@x", centroids, CATEGORIES, shares, settings, labelled), labelled
 
 
@@ -91,7 +91,7 @@ def test_a_wrong_seller_label_is_contradicted_out_of_fold_by_every_fitted_method
         labelled = LabelledSet(np.arange(len(labels)), vectors, labels, titles)
         model = fit_suggestion_model(
             1, "b@x", np.eye(3, DIM, dtype=np.float32), CATEGORIES, np.eye(3),
-            settings.model_copy(update={"suggestion_method": method}), labelled,
+            settings.replace(suggestion_method=method), labelled,
         )  # fmt: skip
         scored = model.score(vectors[:1], titles[:1], [0])[0]
         assert scored.category == "bags", method
@@ -148,13 +148,13 @@ def test_estimated_threshold_holds_on_new_listings_drawn_alike(settings: Setting
     model, _labelled = fitted_model(settings, "knn", per_category=150, seed=2)
     estimate = model.threshold
     assert estimate is not None and estimate.estimated_precision is not None
-    assert estimate.estimated_precision >= settings.target_precision
+    assert estimate.estimated_precision >= settings.suggestions.target_precision
     vectors, labels, _titles = listings(400, seed=3)
     scored = model.score(vectors)
     confidence = np.array([s.confidence for s in scored])
     right = np.array([s.category == CATEGORIES[c] for s, c in zip(scored, labels, strict=True)])
     accepted = confidence >= estimate.threshold
-    assert right[accepted].mean() >= settings.target_precision - 0.03
+    assert right[accepted].mean() >= settings.suggestions.target_precision - 0.03
     assert abs(accepted.mean() - estimate.estimated_coverage) < 0.1
     # Shoes are easy, bags and lamps mixed up: neither nothing nor everything is accepted.
     assert 0.3 < accepted.mean() < 1.0
@@ -178,7 +178,7 @@ def test_a_confident_contradiction_of_the_seller_is_flagged_and_a_doubtful_one_i
     # Above the default but below a threshold raised by the sellers' own mistakes: still flagged.
     assert review_reason(1, "bags", 0.7, "lamps", settings, threshold=0.8) == ReviewReason.seller_disagrees
     assert review_reason(1, "bags", 0.45, "lamps", settings, threshold=0.4) == ReviewReason.seller_disagrees
-    agreed = review_reason(1, "bags", 0.9, "bags", settings.model_copy(update={"review_audit_rate": 0}), 0.8)
+    agreed = review_reason(1, "bags", 0.9, "bags", settings.replace(review_audit_rate=0), 0.8)
     assert (flagged, doubtful, agreed) == (ReviewReason.seller_disagrees, ReviewReason.low_confidence, None)
     # No threshold reached the target against the sellers' labels: nothing is accepted, but a
     # contradiction at the default confidence still points at the seller's mistake.
@@ -192,7 +192,7 @@ def test_fused_with_a_single_labelled_category_falls_back_to_the_photo(settings:
     labelled = LabelledSet(np.arange(len(vectors)), vectors, np.zeros(len(vectors), dtype=np.int64), titles)
     model = fit_suggestion_model(
         1, "b@x", np.eye(3, DIM, dtype=np.float32), CATEGORIES, np.eye(3),
-        settings.model_copy(update={"suggestion_method": "fused"}), labelled,
+        settings.replace(suggestion_method="fused"), labelled,
     )  # fmt: skip
     assert model.fitted is not None and model.fitted.image is None and model.fitted.fusion is None
     scored = model.score(vectors[:2], titles[:2], [0, 1])

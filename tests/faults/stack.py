@@ -203,7 +203,7 @@ class Stack:
 
     def publish_photos(self, runtime: Runtime, rows: list[dict[str, str]], prefix: str) -> list[str]:
         """Upload the photos to the images bucket, then publish one listing each."""
-        bucket = runtime.settings.images_bucket
+        bucket = runtime.settings.store.images_bucket
         runtime.store.ensure_bucket(bucket)
         events = [
             ListingEvent(

@@ -174,12 +174,12 @@ def crashing_photo() -> bytes:
 
 def test_a_photo_that_kills_its_worker_fails_alone(stack: Stack, runtime: Runtime, clustered: None) -> None:
     settings = runtime.settings
-    runtime.store.ensure_bucket(settings.images_bucket)
-    runtime.store.put_bytes(settings.images_bucket, "photos/crash.jpg", crashing_photo(), "image/jpeg")
+    runtime.store.ensure_bucket(settings.store.images_bucket)
+    runtime.store.put_bytes(settings.store.images_bucket, "photos/crash.jpg", crashing_photo(), "image/jpeg")
     ids = listings(stack, runtime, 60)
     from common.listings.events import publish_listing
 
-    publish_listing(runtime, "crasher", f"s3://{settings.images_bucket}/photos/crash.jpg")
+    publish_listing(runtime, "crasher", f"s3://{settings.store.images_bucket}/photos/crash.jpg")
     ids += listings(stack, runtime, 60, prefix="after")
     crashes = 0
     deadline = time.monotonic() + 900
@@ -196,7 +196,7 @@ def test_a_photo_that_kills_its_worker_fails_alone(stack: Stack, runtime: Runtim
     with runtime.db.transaction() as session:
         crasher = session.execute(select(Listing).where(Listing.external_id == "crasher")).scalar_one()
     assert (crasher.status, crasher.failure_reason) == ("failed", "too_many_attempts")
-    assert crashes == settings.max_attempts
+    assert crashes == settings.embed.max_attempts
     assert_all_right(runtime, ids, processed_once=False)
 
 

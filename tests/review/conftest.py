@@ -23,7 +23,7 @@ CATEGORIES = ("Watches", "Footwear", "Kitchen & Dining", "Jewellery")
 
 @pytest.fixture
 def review_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"session_secret": SecretStr("s" * 32), "sign_in_delay": 0.05})
+    return settings.replace(session_secret=SecretStr("s" * 32), sign_in_delay=0.05)
 
 
 @pytest.fixture

@@ -77,8 +77,8 @@ def queue(
 ) -> list[str]:
     """Five flagged listings with real product photos; the first has a hostile title and an overlay."""
     rows = [r for r in flipkart_labels if r["category"] in ("Watches", "Footwear", "Jewellery")][:5]
-    store.ensure_bucket(settings.images_bucket)
-    store.ensure_bucket(settings.gradcam_bucket)
+    store.ensure_bucket(settings.store.images_bucket)
+    store.ensure_bucket(settings.store.overlay_bucket)
     ids = [f"b{i}" for i in range(5)]
     with db.transaction() as session:
         # Two earlier refits, so that the dashboard's chart has lines to draw.
@@ -106,7 +106,7 @@ def queue(
     with db.transaction() as session:
         for external_id, row in zip(ids, rows, strict=True):
             photo = FLIPKART / "images" / row["image"]
-            url = store.upload_photo(settings.images_bucket, photo)
+            url = store.upload_photo(settings.store.images_bucket, photo)
             values: dict[str, object] = {"image_url": url}
             if external_id != ids[0]:
                 values["title"] = row["product_name"]
@@ -114,7 +114,7 @@ def queue(
         first = FLIPKART / "images" / rows[0]["image"]
         with Image.open(first) as image:
             store.put_bytes(
-                settings.gradcam_bucket, "gradcam/test/heatmap.png", _heatmap(image.size), "image/png"
+                settings.store.overlay_bucket, "gradcam/test/heatmap.png", _heatmap(image.size), "image/png"
             )
         session.execute(
             update(Suggestion)

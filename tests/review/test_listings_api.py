@@ -37,7 +37,7 @@ def test_ingest_one_listing_then_the_same_again(
         listing = session.execute(select(Listing).where(Listing.external_id == "shop-1")).scalar_one()
         assert listing.status == ListingStatus.queued and listing.enqueued_at is not None
         assert listing.seller_category == "Watches"
-    assert redis.Redis.from_url(settings.broker_url).llen(EMBED_QUEUE) == 1
+    assert redis.Redis.from_url(settings.services.broker_url).llen(EMBED_QUEUE) == 1
     again = client.post("/api/v1/listings", json=[item], headers=bearer(tokens.ingest)).json()
     assert again["results"][0]["outcome"] == "unchanged"
     moved = client.post(

@@ -56,10 +56,10 @@ def test_publish_refit_and_explain_from_the_command_line(
         settings, "publish", "--images", str(folder), "--labels", str(labels), "--seller-share", "0.7"
     )
     assert "'created': 12" in output
-    assert redis.Redis.from_url(settings.broker_url).llen(EMBED_QUEUE) == 12
+    assert redis.Redis.from_url(settings.services.broker_url).llen(EMBED_QUEUE) == 12
     # Publishing the same folder again is a no-op.
     assert "'unchanged': 12" in _invoke(settings, "publish", "--images", str(folder), "--labels", str(labels))
-    assert redis.Redis.from_url(settings.broker_url).llen(EMBED_QUEUE) == 12
+    assert redis.Redis.from_url(settings.services.broker_url).llen(EMBED_QUEUE) == 12
 
     with runtime.db.transaction() as session:
         listings = session.execute(select(Listing.id, Listing.external_id, Listing.seller_category)).all()

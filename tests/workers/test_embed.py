@@ -50,11 +50,11 @@ def _statuses(db: Database, external_ids: list[str]) -> dict[str, tuple[str, str
 
 def _publish_photos(runtime: Runtime, rows: list[dict[str, str]], labelled_every: int) -> list[str]:
     settings, store = runtime.settings, runtime.store
-    store.ensure_bucket(settings.images_bucket)
+    store.ensure_bucket(settings.store.images_bucket)
     events = [
         ListingEvent(
             listing_id=row["uniq_id"],
-            image_url=store.upload_photo(settings.images_bucket, FLIPKART / "images" / row["image"]),
+            image_url=store.upload_photo(settings.store.images_bucket, FLIPKART / "images" / row["image"]),
             # Sellers give a category on part of the listings; the rest are held back as truth.
             seller_category=row["category"] if i % labelled_every else None,
         )
@@ -105,7 +105,7 @@ def test_listing_events_become_suggestions_and_bad_photos_fail_alone(
             "bad-unreachable": (f"http://127.0.0.1:{closed}/x.jpg", "fetch_failed"),
             "bad-other-port": (f"http://127.0.0.1:{free_port()}/x.jpg", "private_address"),
             "bad-private": (f"{base.replace('127.0.0.1', 'localhost')}/ok.jpg", "private_address"),
-            "bad-missing-object": (f"s3://{settings.images_bucket}/photos/none.jpg", "fetch_failed"),
+            "bad-missing-object": (f"s3://{settings.store.images_bucket}/photos/none.jpg", "fetch_failed"),
         }
         published = publish_listings(
             runtime,

@@ -33,12 +33,12 @@ def largest_allowed_jpeg(photo: Path) -> bytes:
     from common.settings import load_settings
 
     settings = load_settings()
-    side = math.isqrt(settings.max_image_pixels)
+    side = math.isqrt(settings.photos.max_image_pixels)
     image = Image.open(photo).convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
     for quality in (90, 80, 70, 60):
         buffer = BytesIO()
         image.save(buffer, format="JPEG", quality=quality)
-        if buffer.tell() <= settings.max_image_bytes:
+        if buffer.tell() <= settings.photos.max_image_bytes:
             return buffer.getvalue()
     raise SystemExit("could not fit the photo within VITRINE_MAX_IMAGE_BYTES")
 
@@ -55,7 +55,7 @@ def measure(data: bytes, batch: int, model: str, reduced: bool, results: Queue[d
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(settings.decode_threads) as pool:
+    with ThreadPoolExecutor(settings.embed.decode_threads) as pool:
         if reduced:
             # The worker's path: `prepare_batch` decodes at the model's size.
             embed_prepared(backbone, prepare_batch(backbone, [data] * batch, lambda d: d, settings, pool))

@@ -29,7 +29,7 @@ def measure(backbone: Backbone, photos: list[bytes], batch: int) -> tuple[float,
     settings = load_settings()
     prepare = total = 0.0
     chunks = []
-    with ThreadPoolExecutor(settings.decode_threads) as pool:
+    with ThreadPoolExecutor(settings.embed.decode_threads) as pool:
         for start in range(0, len(photos), batch):
             began = time.perf_counter()
             prepared = prepare_batch(backbone, photos[start : start + batch], bytes, settings, pool)
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    threads = set_torch_threads(load_settings().torch_threads)
+    threads = set_torch_threads(load_settings().backbone.torch_threads)
     paths = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
     photos = [paths[i % len(paths)].read_bytes() for i in range(args.n)]
     host = Backbone.load(args.model, args.weights, args.device, allow_random=args.weights is None)

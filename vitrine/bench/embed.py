@@ -112,7 +112,7 @@ def inprocess_ips(backbone: Backbone, photos: list[bytes], settings: Settings, b
     """The embed worker's own path (decode threads, then one forward pass) batch after batch, in
     process, with no broker and no database; one warm-up batch first."""
 
-    with ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode") as pool:
+    with ThreadPoolExecutor(settings.embed.decode_threads, thread_name_prefix="decode") as pool:
 
         def run(chunk: list[bytes]) -> None:
             embed_prepared(backbone, prepare_batch(backbone, chunk, bytes, settings, pool))
@@ -210,9 +210,9 @@ def compare_precisions(
 
 def postgres_server(settings: Settings, local: LocalServices) -> str:
     """The configured Postgres server, or a private one when it does not answer (a bare GPU box)."""
-    url = make_url(settings.database_url)
+    url = make_url(settings.services.database_url)
     if port_open(url.host or "127.0.0.1", url.port or 5432):
-        return settings.database_url
+        return settings.services.database_url
     return local.start_postgres()
 
 
@@ -228,15 +228,20 @@ def run_embed_benchmark(
     precision: str | None = None,
 ) -> EmbedBenchmark:
     photos = folder_photos(images, n) if images else synthetic_photos(n)
-    threads = set_torch_threads(settings.torch_threads)
-    precision = precision or settings.precision
+    threads = set_torch_threads(settings.backbone.torch_threads)
+    precision = precision or settings.backbone.precision
     # Random weights are drawn at each load: the same seed gives both precisions the same ones.
     torch.manual_seed(0)
 
     def load(precision: str) -> Backbone:
         return Backbone.load(
-            model, weights, settings.device, precision=precision, allow_random=True, crop=settings.crop
-        ).with_decode(settings.decode)
+            model,
+            weights,
+            settings.backbone.device,
+            precision=precision,
+            allow_random=True,
+            crop=settings.backbone.crop,
+        ).with_decode(settings.backbone.decode)
 
     backbone = load(precision)
     reference = None
@@ -269,10 +274,10 @@ def run_embed_benchmark(
             "VITRINE_DATABASE_URL": database_url,
             "VITRINE_BROKER_URL": broker_url,
             "VITRINE_MODEL": model,
-            "VITRINE_DEVICE": settings.device,
+            "VITRINE_DEVICE": settings.backbone.device,
             "VITRINE_PRECISION": precision,
-            "VITRINE_CROP": settings.crop,
-            "VITRINE_DECODE": settings.decode,
+            "VITRINE_CROP": settings.backbone.crop,
+            "VITRINE_DECODE": settings.backbone.decode,
             "VITRINE_TORCH_THREADS": str(threads),
             "VITRINE_WEIGHTS": str(weights) if weights else "",
             # Speed does not depend on the weights: without a file the worker may use random ones.
@@ -289,7 +294,7 @@ def run_embed_benchmark(
         weights=str(weights) if weights else "random",
         device=str(device),
         precision=precision,
-        decode=settings.decode,
+        decode=settings.backbone.decode,
         n=n,
         batch_size=batch_size,
         torch_threads=threads,
@@ -521,8 +526,8 @@ def run_latency_benchmark(
             "VITRINE_MODEL": model,
             "VITRINE_WEIGHTS": str(weights) if weights else "",
             "VITRINE_ALLOW_RANDOM_WEIGHTS": "0" if weights else "1",
-            "VITRINE_DEVICE": settings.device,
-            "VITRINE_PRECISION": settings.precision,
+            "VITRINE_DEVICE": settings.backbone.device,
+            "VITRINE_PRECISION": settings.backbone.precision,
             # Nothing but the embed step: no overlay requests, no audit sample.
             "VITRINE_EXPLAIN_SAMPLE_RATE": "0",
             "VITRINE_REVIEW_AUDIT_RATE": "0",

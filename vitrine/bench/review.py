@@ -105,7 +105,7 @@ def run_review_benchmark(
     settings: Settings, n: int, claims: int, reads: int, ingest_batches: int, log_dir: Path
 ) -> dict[str, Any]:
     local = LocalServices(Path(tempfile.mkdtemp(prefix="vitrine-bench-review-")))
-    url = create_scratch_database(settings.database_url, "vitrine_bench_review")
+    url = create_scratch_database(settings.services.database_url, "vitrine_bench_review")
     server: subprocess.Popen[bytes] | None = None
     try:
         migrate(url)
@@ -172,7 +172,7 @@ def run_review_benchmark(
             for _ in range(claims):
                 started = time.perf_counter()
                 with database.transaction() as session:
-                    claimed = review.claim(session, "bench", settings.review_lease_seconds)
+                    claimed = review.claim(session, "bench", settings.review.review_lease_seconds)
                 direct.append(time.perf_counter() - started)
                 assert claimed is not None
                 with database.transaction() as session:

@@ -40,16 +40,16 @@ def bench_embed(
 
     settings = state(ctx).settings
     if device:
-        settings = settings.model_copy(update={"device": device})
+        settings = settings.replace(device=device)
     if decode:
-        settings = settings.model_copy(update={"decode": decode})
+        settings = settings.replace(decode=decode)
     log_dir.mkdir(parents=True, exist_ok=True)
     result = run_embed_benchmark(
         settings,
-        model=model or settings.model,
+        model=model or settings.backbone.model,
         weights=weights,
         n=n,
-        batch_size=batch_size or settings.batch_size,
+        batch_size=batch_size or settings.embed.batch_size,
         images=images,
         log_dir=log_dir,
         precision=precision,
@@ -118,13 +118,13 @@ def bench_latency(
 
     settings = state(ctx).settings
     log_dir.mkdir(parents=True, exist_ok=True)
-    size = batch_size or settings.batch_size
-    intervals = flush_interval or [settings.flush_interval]
+    size = batch_size or settings.embed.batch_size
+    intervals = flush_interval or [settings.embed.flush_interval]
     compared = [(size, interval) for interval in intervals] + [(1, intervals[0])]
     runs = run_latency_benchmark(
         settings,
-        model=model or settings.model,
-        weights=weights or settings.weights,
+        model=model or settings.backbone.model,
+        weights=weights or settings.backbone.weights,
         n=n,
         rate=rate,
         settings_to_compare=compared,
@@ -134,7 +134,7 @@ def bench_latency(
     chosen, batch1 = runs[0], runs[-1]
     if as_json:
         summary = {
-            "model": model or settings.model,
+            "model": model or settings.backbone.model,
             "rate_per_s": rate,
             **asdict(chosen),
             "batch1": asdict(batch1),
@@ -142,7 +142,7 @@ def bench_latency(
         }
         print(json.dumps(summary))
         return
-    table = Table(title=f"publish → committed suggestion, {rate}/s, {model or settings.model}")
+    table = Table(title=f"publish → committed suggestion, {rate}/s, {model or settings.backbone.model}")
     for column in ("batch size", "flush interval s", "n", "p50 ms", "p95 ms", "p99 ms", "max ms"):
         table.add_column(column, justify="right")
     for run in runs:

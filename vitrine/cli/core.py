@@ -25,7 +25,7 @@ def db_upgrade(ctx: typer.Context, revision: str = "head") -> None:
     """Create the database if needed and apply migrations up to REVISION (default: head)."""
     from common.db import ensure_database, migrate
 
-    url = state(ctx).settings.database_url
+    url = state(ctx).settings.services.database_url
     ensure_database(url)
     migrate(url, revision)
     console.print(f"database schema at {revision}")

@@ -107,12 +107,14 @@ def _start(settings: Settings, state_dir: Path, log_dir: Path, keep: bool) -> su
         console.print(f"[cyan]{note}[/cyan]")
     settings = environment.settings
     weights = (
-        f" (weights {settings.weights})" if settings.weights else " (weights from the Hugging Face cache)"
+        f" (weights {settings.backbone.weights})"
+        if settings.backbone.weights
+        else " (weights from the Hugging Face cache)"
     )
-    database = make_url(settings.database_url)
+    database = make_url(settings.services.database_url)
     kept = "continued (--keep)" if keep else "new for this run"
     console.print(f"database: {database.database} on {database.host}:{database.port or 5432} ({kept})")
-    console.print(f"model: {settings.model}{weights}")
+    console.print(f"model: {settings.backbone.model}{weights}")
     console.print(f"started {', '.join(started)}; logs in {log_dir}/")
     return environment
 
@@ -175,7 +177,8 @@ def _print_summary(
     )
     console.print(
         f"embedded in {seconds:.0f}s, worker start-up included "
-        f"({n / max(seconds, 1e-9):.1f} photos/s with {settings.model}, VITRINE_DEVICE={settings.device})"
+        f"({n / max(seconds, 1e-9):.1f} photos/s with {settings.backbone.model}, "
+        f"VITRINE_DEVICE={settings.backbone.device})"
     )
     if result.ari is not None and result.nmi is not None:
         console.print(
@@ -192,16 +195,17 @@ def _print_summary(
     if isinstance(coverage, float):
         console.print(
             f"auto-accepted without review: {coverage:.1%} of them, right on "
-            f"{'–' if precision is None else f'{precision:.1%}'} (target {settings.target_precision:.0%})"
+            f"{'–' if precision is None else f'{precision:.1%}'} "
+            f"(target {settings.suggestions.target_precision:.0%})"
         )
     console.print(
         f"{summary['needs_review']} suggestions need review; {summary['overlays']} Grad-CAM overlays in "
-        f"bucket {settings.gradcam_bucket!r} at {settings.s3_endpoint} "
+        f"bucket {settings.store.overlay_bucket!r} at {settings.store.s3_endpoint} "
         "(vitrine explain LISTING_ID --out x.png)"
     )
     login = f"user demo, password {environment.flower_password}"
-    console.print(f"Flower:  http://127.0.0.1:{settings.flower_port}  ({login})")
-    console.print(f"Metrics: http://127.0.0.1:{settings.metrics_port}/metrics")
+    console.print(f"Flower:  http://127.0.0.1:{settings.ops.flower_port}  ({login})")
+    console.print(f"Metrics: http://127.0.0.1:{settings.ops.metrics_port}/metrics")
     # On one line whatever the terminal's width: a person copies the password from it.
     console.print(
         f"Review:  http://127.0.0.1:{environment.review_port}/review  "

@@ -36,7 +36,7 @@ def explain(
         console.print(f"[red]no listing {listing_id!r}[/red]")
         raise typer.Exit(1)
     internal_id, key = row
-    if key is None or not store.exists(settings.gradcam_bucket, key):
+    if key is None or not store.exists(settings.store.overlay_bucket, key):
         backbone = Backbone.from_settings(settings, with_classifier=True)
         report = explain_listings(runtime.db, [internal_id], settings, backbone, store)
         if internal_id in report.failed:
@@ -50,6 +50,6 @@ def explain(
             raise typer.Exit(1)
         key = report.explained[internal_id].overlay_key
     target = out or Path(f"{listing_id}-gradcam.png")
-    target.write_bytes(store.get_bytes(settings.gradcam_bucket, key, max_bytes=MAX_OVERLAY_BYTES))
+    target.write_bytes(store.get_bytes(settings.store.overlay_bucket, key, max_bytes=MAX_OVERLAY_BYTES))
     console.print(f"wrote {target} ({key})")
     console.print(presigned_url(store, settings, key))

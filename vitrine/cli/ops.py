@@ -45,8 +45,8 @@ def flower(
 ) -> None:
     """Start Flower for the Celery app, behind HTTP basic authentication from the settings."""
     settings = state(ctx).settings
-    user = settings.flower_user
-    password = settings.flower_password.get_secret_value() if settings.flower_password else ""
+    user = settings.ops.flower_user
+    password = settings.ops.flower_password.get_secret_value() if settings.ops.flower_password else ""
     # Authentication and the listening address come from Vitrine's settings only; other FLOWER_*
     # options (url_prefix, persistent, ...) pass through.
     env = {key: value for key, value in os.environ.items() if key not in FLOWER_OVERRIDDEN}
@@ -76,7 +76,7 @@ def flower(
         "-A",
         "workers.app",
         "flower",
-        f"--port={port or settings.flower_port}",
+        f"--port={port or settings.ops.flower_port}",
         f"--address={address}",
     ]
     sys.stdout.flush()
@@ -99,7 +99,7 @@ def metrics(
     from common.ops.status import status_database
 
     settings = state(ctx).settings
-    listen = port or settings.metrics_port
+    listen = port or settings.ops.metrics_port
     server, thread = start_http_server(
         listen, addr=address, registry=registry(settings, status_database(settings))
     )

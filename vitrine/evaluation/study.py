@@ -284,7 +284,7 @@ def suggestion_model(
         np.array([index[str(labels[int(i)])] for i in known], dtype=np.int64),
         [titles[int(i)] for i in known] if titles is not None else [None] * len(known),
     )
-    seeded = settings.model_copy(update={"refit_seed": seed})
+    seeded = settings.replace(refit_seed=seed)
     return fit_suggestion_model(0, "evaluation", centroids, categories, shares, seeded, labelled)
 
 
@@ -364,7 +364,10 @@ def suggestion_study(
 ) -> dict[str, Any]:
     """`suggestion_accuracy` over one stratified split per seed: the mean, its spread, every run."""
     runs = [suggestion_accuracy(features, labels, k, settings, seed, titles) for seed in seeds]
-    summary: dict[str, Any] = {"method": settings.suggestion_method, "n_labelled": runs[0]["n_labelled"]}
+    summary: dict[str, Any] = {
+        "method": settings.suggestions.suggestion_method,
+        "n_labelled": runs[0]["n_labelled"],
+    }
     summary["n_held_out"] = runs[0]["n_held_out"]
     for key in (
         "accuracy",
@@ -381,7 +384,7 @@ def suggestion_study(
     summary["coverage_runs"] = [r["coverage_at_target"] for r in runs]
     summary["realised_precision_runs"] = [r["realised_precision"] for r in runs]
     summary["ece"] = _mean([r["calibration"]["ece"] for r in runs])
-    summary["target_precision"] = settings.target_precision
+    summary["target_precision"] = settings.suggestions.target_precision
     # The reliability diagram shows the first split's bins.
     summary["calibration"] = runs[0]["calibration"]["bins"]
     return summary
@@ -462,7 +465,7 @@ def noise_study(
         runs = [seller_noise(features, labels, k, settings, noise, seed, titles) for seed in seeds]
         rows.append(
             {
-                "method": settings.suggestion_method,
+                "method": settings.suggestions.suggestion_method,
                 "noise": noise,
                 "flag_precision": _mean([r["flag_precision"] for r in runs]),
                 "flag_recall": _mean([r["flag_recall"] for r in runs]),
@@ -541,13 +544,13 @@ def study_model(
     """Embed the photos with one model; score its clusters per reduction, its suggestions by
     method, how it catches sellers' wrong categories, and its clusters and suggestions per crop."""
     features: np.ndarray | None = None
-    for crop in [settings.crop, *[c for c in crops if c != settings.crop]]:
+    for crop in [settings.backbone.crop, *[c for c in crops if c != settings.backbone.crop]]:
         backbone = Backbone.load(spec.name, spec.weights, device, precision=precision, crop=crop)
         started = time.perf_counter()
         advance = progress(f"embedding with {name} ({crop})", len(dataset.paths)) if progress else None
         crop_features = cached_embeddings(backbone, dataset.paths, settings, cache, batch_size, advance)
         embed_seconds = time.perf_counter() - started
-        if crop == settings.crop:
+        if crop == settings.backbone.crop:
             features = crop_features
             backbone_id, pretrained = backbone.backbone_id, backbone.pretrained
         del backbone  # one model in memory at a time
@@ -560,7 +563,7 @@ def study_model(
                     "crop": crop,
                     "ari": summary["ari"],
                     "ari_std": summary["ari_std"],
-                    "method": settings.suggestion_method,
+                    "method": settings.suggestions.suggestion_method,
                     "accuracy": accuracy["accuracy"],
                     "accuracy_std": accuracy["accuracy_std"],
                     "coverage_at_target": accuracy["coverage_at_target"],
@@ -576,7 +579,7 @@ def study_model(
             "model": name,
             "backbone_id": backbone_id,
             "pretrained": pretrained,
-            "crop": settings.crop,
+            "crop": settings.backbone.crop,
             **summary,
         }
         study.results.append(row)
@@ -589,7 +592,7 @@ def study_model(
     methods = methods_for(dataset)
     advance = progress(f"{name}: suggestions by method", len(methods)) if progress else None
     for method in methods:
-        method_settings = settings.model_copy(update={"suggestion_method": method})
+        method_settings = settings.replace(suggestion_method=method)
         study.suggestions.append(
             {
                 "model": name,
@@ -705,11 +708,11 @@ def build_report(
             "pca_variance": PCA_VARIANCE,
             "tsne_pca_dim": TSNE_PCA_DIM,
             "labelled_share": LABELLED_SHARE,
-            "centroid_temperature": settings.centroid_temperature,
-            "knn_neighbours": settings.knn_neighbours,
-            "confidence_threshold": settings.confidence_threshold,
-            "target_precision": settings.target_precision,
-            "crop": settings.crop,
+            "centroid_temperature": settings.suggestions.centroid_temperature,
+            "knn_neighbours": settings.suggestions.knn_neighbours,
+            "confidence_threshold": settings.suggestions.confidence_threshold,
+            "target_precision": settings.suggestions.target_precision,
+            "crop": settings.backbone.crop,
             "noise_shares": list(NOISE_SHARES),
             "calibration_bins": CALIBRATION_BINS,
         },

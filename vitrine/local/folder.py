@@ -66,7 +66,7 @@ def publish_folder(
     paths = list_images(images, limit)
     categories = read_labels(labels, label_column) if labels else {}
     titles = read_labels(labels, title_column) if labels and title_column else {}
-    runtime.store.ensure_bucket(settings.images_bucket)
+    runtime.store.ensure_bucket(settings.store.images_bucket)
     outcomes: dict[str, int] = {}
     published: list[PublishedPhoto] = []
     for start in range(0, len(paths), PUBLISH_CHUNK):
@@ -77,7 +77,7 @@ def publish_folder(
             events.append(
                 ListingEvent(
                     listing_id=path.stem,
-                    image_url=runtime.store.upload_photo(settings.images_bucket, path),
+                    image_url=runtime.store.upload_photo(settings.store.images_bucket, path),
                     seller_category=category if given else None,
                     title=titles.get(path.name),
                 )

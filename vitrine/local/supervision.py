@@ -74,19 +74,19 @@ def bring_up_services(settings: Settings, state_dir: Path, s3_configured: bool) 
     local.root.mkdir(parents=True, exist_ok=True)
     demo = DemoEnvironment()
     try:
-        if not _reachable(settings.database_url, 5432):
+        if not _reachable(settings.services.database_url, 5432):
             server = local.start_postgres()
             demo.env["VITRINE_DATABASE_URL"] = (
                 make_url(server).set(database="vitrine").render_as_string(False)
             )
-            demo.notes.append(f"Postgres: none at {settings.database_url}; started a private one")
-        if not _reachable(settings.broker_url, 6379):
+            demo.notes.append(f"Postgres: none at {settings.services.database_url}; started a private one")
+        if not _reachable(settings.services.broker_url, 6379):
             demo.env["VITRINE_BROKER_URL"] = local.start_redis()
-            demo.notes.append(f"Redis: none at {settings.broker_url}; started a private one")
-        if not _reachable(settings.s3_endpoint, 9000):
+            demo.notes.append(f"Redis: none at {settings.services.broker_url}; started a private one")
+        if not _reachable(settings.store.s3_endpoint, 9000):
             if s3_configured:
                 raise ServiceUnavailable(
-                    f"no S3 endpoint answers at VITRINE_S3_ENDPOINT={settings.s3_endpoint}"
+                    f"no S3 endpoint answers at VITRINE_S3_ENDPOINT={settings.store.s3_endpoint}"
                 )
             demo.env.update(
                 VITRINE_S3_ENDPOINT=local.start_s3(),
@@ -94,14 +94,14 @@ def bring_up_services(settings: Settings, state_dir: Path, s3_configured: bool) 
                 VITRINE_S3_SECRET_KEY="demo-secret",
             )
             demo.notes.append(
-                f"S3: no MinIO at {settings.s3_endpoint}; using the embedded S3 endpoint "
+                f"S3: no MinIO at {settings.store.s3_endpoint}; using the embedded S3 endpoint "
                 f"(moto server) at {demo.env['VITRINE_S3_ENDPOINT']}"
             )
     except ServiceUnavailable:
         local.stop()
         raise
     demo.pids = [p.pid for p in local.processes]
-    server = demo.env.get("VITRINE_DATABASE_URL", settings.database_url)
+    server = demo.env.get("VITRINE_DATABASE_URL", settings.services.database_url)
     demo.env["VITRINE_DATABASE_URL"] = make_url(server).set(database=DEMO_DATABASE).render_as_string(False)
     return demo
 
@@ -152,10 +152,10 @@ def prepare_database(demo: DemoEnvironment, keep: bool) -> None:
     """The demo's database, new unless `keep`; migrated; with a moderator account made for this run."""
     settings = demo.settings
     if not keep:
-        drop_database(settings.database_url)
-    ensure_database(settings.database_url)
-    migrate(settings.database_url)
-    database = Database(settings.database_url)
+        drop_database(settings.services.database_url)
+    ensure_database(settings.services.database_url)
+    migrate(settings.services.database_url)
+    database = Database(settings.services.database_url)
     try:
         with database.transaction() as session:
             session.execute(delete(Account).where(Account.name == DEMO_MODERATOR))
