@@ -131,3 +131,13 @@ def _content_type(path: Path) -> str:
         ".png": "image/png",
         ".webp": "image/webp",
     }.get(path.suffix.lower(), "application/octet-stream")
+
+
+def overlay_url(store: ObjectStore, settings: Settings, key: str | None) -> str | None:
+    """A short-lived URL of an overlay or heatmap object; None without a key or while the store is away."""
+    if not key:
+        return None
+    try:
+        return store.presigned_get(settings.store.overlay_bucket, key, settings.store.presign_expiry)
+    except STORAGE_ERRORS:
+        return None

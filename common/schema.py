@@ -177,9 +177,9 @@ class Suggestion(Base):
     # Each signal's own top category and probability: {"image": {"category", "probability"},
     # "title": {...}}, so a moderator sees where the photo and the title disagree.
     signals: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-    gradcam_key: Mapped[str | None] = mapped_column(Text)
+    overlay_key: Mapped[str | None] = mapped_column(Text)
     heatmap_key: Mapped[str | None] = mapped_column(Text)
-    gradcam_target: Mapped[str | None] = mapped_column(String(40))
+    explain_target: Mapped[str | None] = mapped_column(String(40))
     explain_error: Mapped[str | None] = mapped_column(Text)
     # When an overlay was last asked for; NULL: not yet asked (the sweep asks).
     explain_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

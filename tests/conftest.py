@@ -149,7 +149,7 @@ def lite0() -> Backbone:
 
 
 @pytest.fixture
-def gradcam_bucket(settings: Settings, store: ObjectStore) -> Iterator[str]:
+def overlay_bucket(settings: Settings, store: ObjectStore) -> Iterator[str]:
     """The Grad-CAM bucket, emptied."""
     store.ensure_bucket(settings.store.overlay_bucket)
     for item in store.client.list_objects(settings.store.overlay_bucket, recursive=True):

@@ -193,7 +193,7 @@ def _rerequest_explanations(
                     .join(Listing, Listing.id == Suggestion.listing_id)
                     .where(
                         waiting,
-                        Suggestion.gradcam_key.is_(None),
+                        Suggestion.overlay_key.is_(None),
                         Suggestion.explain_error.is_(None),
                         Listing.status == ListingStatus.suggested,
                         Suggestion.listing_id > last_id,

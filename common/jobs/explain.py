@@ -49,10 +49,6 @@ def object_keys(listing_id: int, image_sha256: str, backbone_id: str, version: i
     return f"{prefix}/overlay.png", f"{prefix}/heatmap.png"
 
 
-def presigned_url(store: ObjectStore, settings: Settings, key: str) -> str:
-    return store.presigned_get(settings.store.overlay_bucket, key, settings.store.presign_expiry)
-
-
 def retry_delay(attempt: int) -> float:
     """Exponential backoff for the n-th retry (1-based), capped."""
     return min(RETRY_BASE_SECONDS * 2 ** max(attempt - 1, 0), RETRY_MAX_SECONDS)
@@ -113,7 +109,7 @@ def _plan(db: Database, listing_ids: Sequence[int], backbone: Backbone) -> tuple
                 work.append(_Work(listing.id, listing.image_url, NO_CLUSTERING_VERSION, -1, None, False))
                 continue
             version = suggestion.clustering_version_id
-            if suggestion.gradcam_key is not None:
+            if suggestion.overlay_key is not None:
                 # Keys are cleared whenever the decision changes: this one is still explained.
                 report.skipped.append(listing.id)
                 continue
@@ -256,9 +252,9 @@ def _record(db: Database, work: list[_Work], report: ExplainReport) -> list[int]
                     Suggestion.cluster == item.cluster,
                 )
                 .values(
-                    gradcam_key=done.overlay_key,
+                    overlay_key=done.overlay_key,
                     heatmap_key=done.heatmap_key,
-                    gradcam_target=done.target,
+                    explain_target=done.target,
                     explain_error=None,
                 )
                 .returning(Suggestion.listing_id)
@@ -266,7 +262,7 @@ def _record(db: Database, work: list[_Work], report: ExplainReport) -> list[int]
             if matched is None:
                 session.execute(
                     update(Suggestion)
-                    .where(Suggestion.listing_id == listing_id, Suggestion.gradcam_key.is_(None))
+                    .where(Suggestion.listing_id == listing_id, Suggestion.overlay_key.is_(None))
                     .values(explain_requested_at=None)
                 )
             else:

@@ -39,12 +39,13 @@ class ListingEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    listing_id: str = Field(min_length=1, max_length=200)
+    # The marketplace's own id of the listing, unique per marketplace.
+    external_id: str = Field(min_length=1, max_length=200)
     image_url: str = Field(min_length=8, max_length=4096)
     seller_category: str | None = Field(None, max_length=200)
     title: str | None = Field(None, max_length=2000)
 
-    @field_validator("listing_id", "seller_category")
+    @field_validator("external_id", "seller_category")
     @classmethod
     def _no_control_characters(cls, value: str | None) -> str | None:
         if value is not None and CONTROL.search(value):
@@ -92,9 +93,9 @@ class ListingEvent(BaseModel):
 class ListingRefused(ValueError):
     """An event that is valid on its own but not acceptable here (e.g. a bucket not ours)."""
 
-    def __init__(self, listing_id: str, field: str, message: str) -> None:
-        super().__init__(f"listing {listing_id!r}: {field}: {message}")
-        self.listing_id = listing_id
+    def __init__(self, external_id: str, field: str, message: str) -> None:
+        super().__init__(f"listing {external_id!r}: {field}: {message}")
+        self.external_id = external_id
         self.field = field
         self.message = message
 
@@ -105,7 +106,7 @@ def refusal(event: ListingEvent, settings: Settings) -> ListingRefused | None:
         try:
             check_bucket_allowed(parse_s3_url(event.image_url)[0], settings)
         except ImageRejected as rejected:
-            return ListingRefused(event.listing_id, "image_url", rejected.detail)
+            return ListingRefused(event.external_id, "image_url", rejected.detail)
     return None
 
 
@@ -128,7 +129,7 @@ def record_listing(session: Session, event: ListingEvent) -> Published:
     inserted = session.execute(
         insert(Listing)
         .values(
-            external_id=event.listing_id,
+            external_id=event.external_id,
             image_url=event.image_url,
             seller_category=event.seller_category,
             title=event.title,
@@ -140,14 +141,14 @@ def record_listing(session: Session, event: ListingEvent) -> Published:
         .returning(Listing.id)
     ).scalar_one_or_none()
     if inserted is not None:
-        return Published(inserted, event.listing_id, "created")
+        return Published(inserted, event.external_id, "created")
 
     listing = session.execute(
-        select(Listing).where(Listing.external_id == event.listing_id).with_for_update()
+        select(Listing).where(Listing.external_id == event.external_id).with_for_update()
     ).scalar_one()
     same_image = listing.image_url == event.image_url
     if same_image and listing.status != ListingStatus.failed:
-        return Published(listing.id, event.listing_id, "unchanged")
+        return Published(listing.id, event.external_id, "unchanged")
     listing.image_url = event.image_url
     listing.seller_category = event.seller_category or listing.seller_category
     listing.title = event.title or listing.title
@@ -164,9 +165,9 @@ def record_listing(session: Session, event: ListingEvent) -> Published:
         session.execute(
             update(Suggestion)
             .where(Suggestion.listing_id == listing.id)
-            .values(gradcam_key=None, heatmap_key=None, gradcam_target=None, explain_requested_at=None)
+            .values(overlay_key=None, heatmap_key=None, explain_target=None, explain_requested_at=None)
         )
-    return Published(listing.id, event.listing_id, "requeued")
+    return Published(listing.id, event.external_id, "requeued")
 
 
 def record_listings(session: Session, events: list[ListingEvent]) -> list[Published]:
@@ -177,7 +178,7 @@ def record_listings(session: Session, events: list[ListingEvent]) -> list[Publis
     """
     rows = [
         {
-            "external_id": e.listing_id,
+            "external_id": e.external_id,
             "image_url": e.image_url,
             "seller_category": e.seller_category,
             "title": e.title,
@@ -198,9 +199,9 @@ def record_listings(session: Session, events: list[ListingEvent]) -> list[Publis
     created: dict[str, int] = {external_id: listing_id for listing_id, external_id in inserted}
     results = []
     for event in events:
-        listing_id = created.pop(event.listing_id, None)
+        listing_id = created.pop(event.external_id, None)
         if listing_id is not None:
-            results.append(Published(listing_id, event.listing_id, "created"))
+            results.append(Published(listing_id, event.external_id, "created"))
         else:
             results.append(record_listing(session, event))
     return results
@@ -234,13 +235,13 @@ def publish_listings(runtime: Runtime, events: Iterable[ListingEvent]) -> list[P
 
 def publish_listing(
     runtime: Runtime,
-    listing_id: str,
+    external_id: str,
     image_url: str,
     seller_category: str | None = None,
     title: str | None = None,
 ) -> Published:
     """Publish one listing event; safe to call again with the same arguments."""
     event = ListingEvent(
-        listing_id=listing_id, image_url=image_url, seller_category=seller_category, title=title
+        external_id=external_id, image_url=image_url, seller_category=seller_category, title=title
     )
     return publish_listings(runtime, [event])[0]

@@ -20,7 +20,7 @@ WAIT_POLL = 0.2
 def listing_view(session: Session, external_id: str) -> dict[str, Any] | None:
     """The listing's state, suggestion and standing decision; None when unknown.
 
-    `gradcam_key` / `heatmap_key` are object keys; the caller turns them into URLs.
+    `overlay_key` / `heatmap_key` are object keys; the caller turns them into URLs.
     """
     row = session.execute(
         select(Listing, Suggestion)
@@ -52,7 +52,7 @@ def listing_view(session: Session, external_id: str) -> dict[str, Any] | None:
             "signals": suggestion.signals or {},
             "cluster": suggestion.cluster,
             "clustering_version": suggestion.clustering_version_id,
-            "gradcam_key": suggestion.gradcam_key,
+            "overlay_key": suggestion.overlay_key,
             "heatmap_key": suggestion.heatmap_key,
         },
         "decision": None

@@ -131,7 +131,7 @@ def database_section(session: Session, settings: Settings, snapshot: Snapshot) -
     needs_review, explanations, explain_errors = session.execute(
         select(
             func.count().filter(Suggestion.needs_review, Listing.status == ListingStatus.suggested),
-            func.count().filter(Suggestion.gradcam_key.is_not(None)),
+            func.count().filter(Suggestion.overlay_key.is_not(None)),
             func.count().filter(Suggestion.explain_error.is_not(None)),
         )
         .select_from(Suggestion)

@@ -251,9 +251,9 @@ def upsert_suggestions(
                 Suggestion.clustering_version_id,
                 Suggestion.cluster,
                 Suggestion.category,
-                Suggestion.gradcam_key,
+                Suggestion.overlay_key,
                 Suggestion.heatmap_key,
-                Suggestion.gradcam_target,
+                Suggestion.explain_target,
                 Suggestion.explain_requested_at,
             )
             .where(Suggestion.listing_id.in_(ids))
@@ -287,9 +287,9 @@ def upsert_suggestions(
                 "method": model.method,
                 "needs_review": needs_review,
                 "review_reason": reason,
-                "gradcam_key": old.gradcam_key if kept and old else None,
+                "overlay_key": old.overlay_key if kept and old else None,
                 "heatmap_key": old.heatmap_key if kept and old else None,
-                "gradcam_target": old.gradcam_target if kept and old else None,
+                "explain_target": old.explain_target if kept and old else None,
                 "explain_requested_at": old.explain_requested_at if kept and old else None,
             }
         )
@@ -367,8 +367,8 @@ def reassign_suggestions(
             overlays = {
                 listing_id: [key for key in keys if key]
                 for listing_id, *keys in session.execute(
-                    select(Suggestion.listing_id, Suggestion.gradcam_key, Suggestion.heatmap_key).where(
-                        Suggestion.listing_id.in_([r[1] for r in rows]), Suggestion.gradcam_key.is_not(None)
+                    select(Suggestion.listing_id, Suggestion.overlay_key, Suggestion.heatmap_key).where(
+                        Suggestion.listing_id.in_([r[1] for r in rows]), Suggestion.overlay_key.is_not(None)
                     )
                 )
             }

@@ -14,15 +14,13 @@ from pydantic import ValidationError
 from common.listings.events import ListingEvent, publish_listings, refusal
 from common.listings.views import MAX_WAIT, WAIT_POLL, listing_view
 from common.moderation.accounts import Identity
-from common.object_store import STORAGE_ERRORS
+from common.object_store import overlay_url
 from common.runtime import Runtime
 from common.schema import TERMINAL_STATUSES
 from review.auth import Ingest, Reader, runtime_of
 
 router = APIRouter(prefix="/api/v1", tags=["listings"])
 MAX_ITEMS = 500
-# The API's name for what `ListingEvent` calls listing_id.
-RENAMED = {"listing_id": "external_id"}
 
 
 async def _json_body(request: Request) -> Any:
@@ -36,14 +34,11 @@ def _validate(index: int, item: Any) -> ListingEvent | dict[str, Any]:
     """The item as a `ListingEvent`, or its error naming the field."""
     if not isinstance(item, dict):
         return {"index": index, "error": {"field": "item", "message": "must be a JSON object"}}
-    fields = {("listing_id" if key == "external_id" else key): value for key, value in item.items()}
-    if "listing_id" in item:
-        return {"index": index, "error": {"field": "listing_id", "message": "unknown field; use external_id"}}
     try:
-        return ListingEvent.model_validate(fields)
+        return ListingEvent.model_validate(item)
     except ValidationError as error:
         problem = error.errors()[0]
-        field = ".".join(RENAMED.get(str(part), str(part)) for part in problem["loc"]) or "item"
+        field = ".".join(str(part) for part in problem["loc"]) or "item"
         return {
             "index": index,
             "external_id": item.get("external_id") if isinstance(item.get("external_id"), str) else None,
@@ -74,7 +69,7 @@ async def post_listings(request: Request, _: Identity = Ingest) -> dict[str, Any
             results.append(
                 {
                     "index": index,
-                    "external_id": checked.listing_id,
+                    "external_id": checked.external_id,
                     "error": {"field": refused.field, "message": refused.message},
                 }
             )
@@ -102,17 +97,10 @@ def _with_urls(runtime: Runtime, view: dict[str, Any]) -> dict[str, Any]:
     suggestion = view.get("suggestion")
     if suggestion is not None:
         suggestion = dict(suggestion)
-        expiry = runtime.settings.store.presign_expiry
-        for key_field, url_field in (("gradcam_key", "gradcam_url"), ("heatmap_key", "heatmap_url")):
-            key = suggestion.pop(key_field)
-            suggestion[url_field] = None
-            if key:
-                try:
-                    suggestion[url_field] = runtime.store.presigned_get(
-                        runtime.settings.store.overlay_bucket, key, expiry
-                    )
-                except STORAGE_ERRORS:
-                    suggestion[url_field] = None
+        for key_field, url_field in (("overlay_key", "overlay_url"), ("heatmap_key", "heatmap_url")):
+            suggestion[url_field] = overlay_url(runtime.store, runtime.settings, suggestion.pop(key_field))
+        # The field's name before this release, answered for one more release.
+        suggestion["gradcam_url"] = suggestion["overlay_url"]
         view["suggestion"] = suggestion
     return view
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from common.listings.views import labelled_neighbours, listing_view
 from common.moderation import decisions as review
 from common.moderation.accounts import Identity, authenticate
-from common.object_store import STORAGE_ERRORS
+from common.object_store import STORAGE_ERRORS, overlay_url
 from common.photos.fetch import parse_s3_url
 from common.runtime import Runtime
 from review.auth import CSRF_FIELD, Moderator, check_form_csrf, new_csrf, runtime_of, sessions_of
@@ -121,17 +121,6 @@ def photo_url(runtime: Runtime, image_url: str | None) -> str | None:
     return image_url
 
 
-def _overlay_url(runtime: Runtime, key: str | None) -> str | None:
-    if not key:
-        return None
-    try:
-        return runtime.store.presigned_get(
-            runtime.settings.store.overlay_bucket, key, runtime.settings.store.presign_expiry
-        )
-    except STORAGE_ERRORS:
-        return None
-
-
 def _review_context(runtime: Runtime, moderator: str, category: str | None) -> dict[str, Any]:
     lease = runtime.settings.review.review_lease_seconds
     midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -153,8 +142,8 @@ def _review_context(runtime: Runtime, moderator: str, category: str | None) -> d
     if item is not None:
         suggestion = item["suggestion"] or {}
         context["photo"] = photo_url(runtime, item["image_url"])
-        context["heatmap"] = _overlay_url(runtime, suggestion.get("heatmap_key"))
-        context["overlay"] = _overlay_url(runtime, suggestion.get("gradcam_key"))
+        context["heatmap"] = overlay_url(runtime.store, runtime.settings, suggestion.get("heatmap_key"))
+        context["overlay"] = overlay_url(runtime.store, runtime.settings, suggestion.get("overlay_key"))
     return context
 
 

@@ -27,20 +27,20 @@ def _queued_messages(settings: Settings) -> int:
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
-        ({"listing_id": "", "image_url": PHOTO}, "listing_id"),
-        ({"listing_id": "a", "image_url": "file:///etc/passwd"}, "image_url"),
-        ({"listing_id": "a", "image_url": "s3://bucket-only"}, "image_url"),
-        ({"listing_id": "a", "image_url": "s3://Not_A_Bucket/key.jpg"}, "image_url"),
-        ({"listing_id": "a", "image_url": PHOTO, "price": 3}, "price"),
-        ({"listing_id": "a", "image_url": "https://img.example.com/a.jpg\r\nX-Evil: 1"}, "image_url"),
-        ({"listing_id": "a", "image_url": "https://img.example.com/a\tb.jpg"}, "image_url"),
-        ({"listing_id": "a", "image_url": "https://img.example.com/a b.jpg"}, "image_url"),
-        ({"listing_id": "a", "image_url": "https://user:secret@img.example.com/a.jpg"}, "image_url"),
-        ({"listing_id": "a", "image_url": "https://img.example.com:99999/a.jpg"}, "image_url"),
-        ({"listing_id": "a\x00b", "image_url": PHOTO}, "listing_id"),
-        ({"listing_id": "a", "image_url": PHOTO, "title": "a watch\x00"}, "title"),
-        ({"listing_id": "a", "image_url": PHOTO, "seller_category": "Watch\x00es"}, "seller_category"),
-        ({"listing_id": "a\nb", "image_url": PHOTO}, "listing_id"),
+        ({"external_id": "", "image_url": PHOTO}, "external_id"),
+        ({"external_id": "a", "image_url": "file:///etc/passwd"}, "image_url"),
+        ({"external_id": "a", "image_url": "s3://bucket-only"}, "image_url"),
+        ({"external_id": "a", "image_url": "s3://Not_A_Bucket/key.jpg"}, "image_url"),
+        ({"external_id": "a", "image_url": PHOTO, "price": 3}, "price"),
+        ({"external_id": "a", "image_url": "https://img.example.com/a.jpg\r\nX-Evil: 1"}, "image_url"),
+        ({"external_id": "a", "image_url": "https://img.example.com/a\tb.jpg"}, "image_url"),
+        ({"external_id": "a", "image_url": "https://img.example.com/a b.jpg"}, "image_url"),
+        ({"external_id": "a", "image_url": "https://user:secret@img.example.com/a.jpg"}, "image_url"),
+        ({"external_id": "a", "image_url": "https://img.example.com:99999/a.jpg"}, "image_url"),
+        ({"external_id": "a\x00b", "image_url": PHOTO}, "external_id"),
+        ({"external_id": "a", "image_url": PHOTO, "title": "a watch\x00"}, "title"),
+        ({"external_id": "a", "image_url": PHOTO, "seller_category": "Watch\x00es"}, "seller_category"),
+        ({"external_id": "a\nb", "image_url": PHOTO}, "external_id"),
     ],
 )
 def test_invalid_events_are_refused_naming_the_field(fields: dict[str, object], field: str) -> None:
@@ -50,13 +50,13 @@ def test_invalid_events_are_refused_naming_the_field(fields: dict[str, object], 
 
 
 def test_a_title_keeps_its_line_breaks() -> None:
-    event = ListingEvent(listing_id="a", image_url=PHOTO, title="Steel watch\nwith box")
+    event = ListingEvent(external_id="a", image_url=PHOTO, title="Steel watch\nwith box")
     assert event.title == "Steel watch\nwith box"
 
 
 def test_photos_only_from_our_images_buckets(settings: Settings, runtime: Runtime, clean_db: None) -> None:
-    ours = ListingEvent(listing_id="ours", image_url=f"s3://{settings.store.images_bucket}/photos/a.jpg")
-    other = ListingEvent(listing_id="other", image_url="s3://other-bucket/private.jpg")
+    ours = ListingEvent(external_id="ours", image_url=f"s3://{settings.store.images_bucket}/photos/a.jpg")
+    other = ListingEvent(external_id="other", image_url="s3://other-bucket/private.jpg")
     assert refusal(ours, settings) is None
     refused = refusal(other, settings)
     assert refused is not None and refused.field == "image_url" and "other-bucket" in refused.message
@@ -90,7 +90,7 @@ def test_listings_sent_while_the_broker_is_down_are_recorded_and_sent_by_the_swe
     down = Runtime(settings.replace(broker_url=f"redis://127.0.0.1:{free_port()}/0"))
     try:
         results = publish_listings(
-            down, [ListingEvent(listing_id=f"sku-{i}", image_url=f"{PHOTO}?{i}") for i in range(3)]
+            down, [ListingEvent(external_id=f"sku-{i}", image_url=f"{PHOTO}?{i}") for i in range(3)]
         )
     finally:
         down.close()

@@ -15,9 +15,9 @@ from sqlalchemy import select, update
 from common.db import Database
 from common.delivery.outbox import follow_up_refit
 from common.delivery.queues import EXPLAIN_QUEUE
-from common.jobs.explain import explain_listings, object_keys, presigned_url, retry_delay
+from common.jobs.explain import explain_listings, object_keys, retry_delay
 from common.jobs.refit import refit
-from common.object_store import ObjectStore
+from common.object_store import ObjectStore, overlay_url
 from common.runtime import Runtime
 from common.schema import Listing, Suggestion
 from common.settings import Settings
@@ -128,7 +128,7 @@ def test_heatmap_centres_on_products_on_white_background(
 
 
 def test_explain_listings_stores_pngs_before_keys_and_is_idempotent(
-    db: Database, settings: Settings, clean_db: None, store: ObjectStore, gradcam_bucket: str, lite0: Backbone
+    db: Database, settings: Settings, clean_db: None, store: ObjectStore, overlay_bucket: str, lite0: Backbone
 ) -> None:
     rows = flipkart_rows("Watches")[:3] + flipkart_rows("Computers")[:3]
     ids = seed_listings(db, settings, store, lite0, rows)
@@ -146,11 +146,11 @@ def test_explain_listings_stores_pngs_before_keys_and_is_idempotent(
     report = explain_listings(db, listing_ids, settings, lite0, store)
     assert sorted(report.explained) == listing_ids[:-1]
     assert report.failed[broken].startswith("not_an_image")
-    assert count_objects(store, gradcam_bucket) == 2 * (len(listing_ids) - 1)
+    assert count_objects(store, overlay_bucket) == 2 * (len(listing_ids) - 1)
 
     rows_after = suggestions(db, listing_ids)
     assert "not_an_image" in (rows_after[broken].explain_error or "")
-    assert rows_after[broken].gradcam_key is None
+    assert rows_after[broken].overlay_key is None
     with db.transaction() as session:
         shas = dict(session.execute(select(Listing.id, Listing.image_sha256)).all())
     for listing_id in listing_ids[:-1]:
@@ -158,27 +158,27 @@ def test_explain_listings_stores_pngs_before_keys_and_is_idempotent(
         overlay_key, heatmap_key = object_keys(
             listing_id, shas[listing_id], lite0.backbone_id, row.clustering_version_id
         )
-        assert (row.gradcam_key, row.heatmap_key) == (overlay_key, heatmap_key)
+        assert (row.overlay_key, row.heatmap_key) == (overlay_key, heatmap_key)
         assert f"/v{row.clustering_version_id}/" in overlay_key
-        assert row.gradcam_target == TARGET_CENTROID and row.explain_error is None
-        data = store.get_bytes(gradcam_bucket, overlay_key, max_bytes=10_000_000)
+        assert row.explain_target == TARGET_CENTROID and row.explain_error is None
+        data = store.get_bytes(overlay_bucket, overlay_key, max_bytes=10_000_000)
         assert data.startswith(PNG_MAGIC)
-        assert store.get_bytes(gradcam_bucket, heatmap_key, max_bytes=100_000).startswith(PNG_MAGIC)
+        assert store.get_bytes(overlay_bucket, heatmap_key, max_bytes=100_000).startswith(PNG_MAGIC)
 
-    fetched = httpx.get(presigned_url(store, settings, rows_after[listing_ids[0]].gradcam_key or ""))
+    fetched = httpx.get(overlay_url(store, settings, rows_after[listing_ids[0]].overlay_key) or "")
     assert fetched.status_code == 200 and fetched.content.startswith(PNG_MAGIC)
 
-    before = count_objects(store, gradcam_bucket)
+    before = count_objects(store, overlay_bucket)
     again = explain_listings(db, listing_ids[:-1], settings, lite0, store)
     assert again.explained == {} and sorted(again.skipped) == listing_ids[:-1]
     # Keys lost from the rows: recomputed, but the content-addressed objects are not rewritten.
     with db.transaction() as session:
-        session.execute(update(Suggestion).values(gradcam_key=None, heatmap_key=None))
+        session.execute(update(Suggestion).values(overlay_key=None, heatmap_key=None))
     recomputed = explain_listings(db, listing_ids[:-1], settings, lite0, store)
     assert sorted(recomputed.explained) == listing_ids[:-1]
     assert not any(done.written for done in recomputed.explained.values())
-    assert count_objects(store, gradcam_bucket) == before
-    assert all(row.gradcam_key for lid, row in suggestions(db, listing_ids[:-1]).items())
+    assert count_objects(store, overlay_bucket) == before
+    assert all(row.overlay_key for lid, row in suggestions(db, listing_ids[:-1]).items())
 
 
 def test_storage_down_means_retry_and_rows_untouched(
@@ -190,25 +190,25 @@ def test_storage_down_means_retry_and_rows_untouched(
     assert sorted(report.retry) == sorted(ids.values())
     assert report.explained == {} and report.failed == {}
     for row in suggestions(db, sorted(ids.values())).values():
-        assert row.gradcam_key is None and row.explain_error is None
+        assert row.overlay_key is None and row.explain_error is None
     assert [retry_delay(n) for n in (1, 2, 3)] == [5.0, 10.0, 20.0]
     assert retry_delay(50) == 600.0
 
 
 def _overlays(db: Database, listing_ids: list[int]) -> dict[int, str | None]:
-    return {lid: row.gradcam_key for lid, row in suggestions(db, listing_ids).items()}
+    return {lid: row.overlay_key for lid, row in suggestions(db, listing_ids).items()}
 
 
 def test_a_refit_re_explains_only_changed_decisions_and_deletes_what_they_replace(
     db: Database, runtime: Runtime, settings: Settings, clean_db: None, store: ObjectStore,
-    gradcam_bucket: str, lite0: Backbone,
+    overlay_bucket: str, lite0: Backbone,
 ) -> None:  # fmt: skip
     rows = flipkart_rows("Watches")[:4] + flipkart_rows("Computers")[:4] + flipkart_rows("Baby Care")[:4]
     ids = sorted(seed_listings(db, settings, store, lite0, rows).values())
     explain_listings(db, ids, settings, lite0, store)
     before = _overlays(db, ids)
     assert all(before.values())
-    objects = count_objects(store, gradcam_bucket)
+    objects = count_objects(store, overlay_bucket)
 
     # The same data again: the same clusters, the same decisions; no Grad-CAM work at all.
     again = refit(db, settings, k=2)
@@ -216,7 +216,7 @@ def test_a_refit_re_explains_only_changed_decisions_and_deletes_what_they_replac
     assert (again.explain, again.superseded) == ([], [])
     assert _overlays(db, ids) == before
     assert runtime.publisher.queue_depth(EXPLAIN_QUEUE) == 0
-    assert count_objects(store, gradcam_bucket) == objects
+    assert count_objects(store, overlay_bucket) == objects
 
     # Other clusters: only the decisions that changed lose their overlay, whose objects go too.
     changed = refit(db, settings, k=3)
@@ -229,6 +229,6 @@ def test_a_refit_re_explains_only_changed_decisions_and_deletes_what_they_replac
         lid for lid, row in suggestions(db, dropped).items() if row.needs_review or lid in changed.explain
     )
     assert runtime.publisher.queue_depth(EXPLAIN_QUEUE) == len(changed.explain)
-    assert count_objects(store, gradcam_bucket) == objects - 2 * len(dropped)
+    assert count_objects(store, overlay_bucket) == objects - 2 * len(dropped)
     for lid in dropped:
-        assert not store.exists(gradcam_bucket, before[lid] or "")
+        assert not store.exists(overlay_bucket, before[lid] or "")

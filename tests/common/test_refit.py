@@ -303,7 +303,7 @@ def test_refit_suggests_for_more_listings_than_one_statement_can_carry(
 
 
 def test_knn_scoring_in_blocks_matches_scoring_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.suggestions.rows import model as suggest
+    from common.suggestions import model as suggest
 
     vectors, truth = blobs(50)
     index = {c: i for i, c in enumerate(CATEGORIES)}
@@ -341,10 +341,10 @@ def test_refit_fits_the_fused_model_stores_its_threshold_and_each_signal(
     with db.transaction() as session:
         version = session.get(ClusteringVersion, result.version_id)
         assert version is not None and version.suggestion_method == "fused"
-        assert version.target_precision == fused.target_precision
+        assert version.target_precision == fused.suggestions.target_precision
         assert version.threshold is not None and 0.0 < version.threshold <= 1.0
         assert (
-            version.estimated_precision is not None and version.estimated_precision >= fused.target_precision
+            version.estimated_precision is not None and version.estimated_precision >= fused.suggestions.target_precision
         )
         assert version.estimated_coverage is not None and version.estimated_coverage > 0.5
         suggestions = {s.listing_id: s for s in session.execute(select(Suggestion)).scalars()}

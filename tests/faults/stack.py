@@ -207,7 +207,7 @@ class Stack:
         runtime.store.ensure_bucket(bucket)
         events = [
             ListingEvent(
-                listing_id=f"{prefix}-{i}",
+                external_id=f"{prefix}-{i}",
                 image_url=runtime.store.upload_photo(bucket, FLIPKART / "images" / row["image"]),
                 seller_category=row["category"] if i % 2 == 0 else None,
             )

@@ -114,12 +114,12 @@ def queue(
         first = FLIPKART / "images" / rows[0]["image"]
         with Image.open(first) as image:
             store.put_bytes(
-                settings.store.overlay_bucket, "gradcam/test/heatmap.png", _heatmap(image.size), "image/png"
+                settings.store.overlay_bucket, "overlays/test/heatmap.png", _heatmap(image.size), "image/png"
             )
         session.execute(
             update(Suggestion)
             .where(Suggestion.listing_id == Listing.id, Listing.external_id == ids[0])
-            .values(heatmap_key="gradcam/test/heatmap.png")
+            .values(heatmap_key="overlays/test/heatmap.png")
         )
     return ids
 

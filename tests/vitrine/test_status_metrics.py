@@ -107,7 +107,7 @@ def known_state(clean_db: None, settings: Settings, db: Database) -> dict[str, i
                     alternatives=[],
                     method="knn",
                     needs_review=needs_review,
-                    gradcam_key=gradcam,
+                    overlay_key=gradcam,
                 )
             )
         # A reviewed listing keeps its flagged suggestion but no longer waits.
@@ -122,7 +122,7 @@ def known_state(clean_db: None, settings: Settings, db: Database) -> dict[str, i
                 alternatives=[],
                 method="knn",
                 needs_review=True,
-                gradcam_key="gradcam/e.png",
+                overlay_key="gradcam/e.png",
             )
         )
         for i, external_id in enumerate(("c", "d", "e")):

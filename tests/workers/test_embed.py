@@ -53,7 +53,7 @@ def _publish_photos(runtime: Runtime, rows: list[dict[str, str]], labelled_every
     store.ensure_bucket(settings.store.images_bucket)
     events = [
         ListingEvent(
-            listing_id=row["uniq_id"],
+            external_id=row["uniq_id"],
             image_url=store.upload_photo(settings.store.images_bucket, FLIPKART / "images" / row["image"]),
             # Sellers give a category on part of the listings; the rest are held back as truth.
             seller_category=row["category"] if i % labelled_every else None,
@@ -109,13 +109,13 @@ def test_listing_events_become_suggestions_and_bad_photos_fail_alone(
         }
         published = publish_listings(
             runtime,
-            [ListingEvent(listing_id=k, image_url=url) for k, (url, _reason) in bad.items()]
-            + [ListingEvent(listing_id="fine-over-http", image_url=f"{base}/ok.jpg")],
+            [ListingEvent(external_id=k, image_url=url) for k, (url, _reason) in bad.items()]
+            + [ListingEvent(external_id="fine-over-http", image_url=f"{base}/ok.jpg")],
         )
         # The same event again (a duplicate delivery from the marketplace) changes nothing.
         duplicate = publish_listings(
             runtime,
-            [ListingEvent(listing_id="fine-over-http", image_url=f"{base}/ok.jpg")],
+            [ListingEvent(external_id="fine-over-http", image_url=f"{base}/ok.jpg")],
         )
         assert duplicate[0].outcome == "unchanged" and duplicate[0].listing_id == published[-1].listing_id
 

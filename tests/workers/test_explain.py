@@ -24,7 +24,7 @@ def test_explain_worker_writes_overlays_for_its_messages(
     service_env: dict[str, str],
     clean_db: None,
     store: ObjectStore,
-    gradcam_bucket: str,
+    overlay_bucket: str,
     lite0: Backbone,
     tmp_path: Path,
 ) -> None:
@@ -35,8 +35,8 @@ def test_explain_worker_writes_overlays_for_its_messages(
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             rows = suggestions(runtime.db, ids)
-            if all(row.gradcam_key for row in rows.values()):
+            if all(row.overlay_key for row in rows.values()):
                 break
             time.sleep(1)
-    assert all(row.gradcam_key for row in rows.values()), (tmp_path / "worker.log").read_text()[-3000:]
-    assert count_objects(store, gradcam_bucket) == 4
+    assert all(row.overlay_key for row in rows.values()), (tmp_path / "worker.log").read_text()[-3000:]
+    assert count_objects(store, overlay_bucket) == 4

@@ -166,11 +166,11 @@ def pipeline_ips(
 
         def publish(prefix: str, count: int) -> list[str]:
             events = [
-                ListingEvent(listing_id=f"{prefix}-{i}", image_url=f"{base}/{i % len(photos)}.jpg")
+                ListingEvent(external_id=f"{prefix}-{i}", image_url=f"{base}/{i % len(photos)}.jpg")
                 for i in range(count)
             ]
             publish_listings(runtime, events)
-            return [event.listing_id for event in events]
+            return [event.external_id for event in events]
 
         warm = publish(f"warm-{label}", batch_size)
         _wait(lambda: _count(runtime, warm, done=True) == len(warm), 900, "the warm-up batch")
@@ -432,12 +432,12 @@ def listing_latencies(
     with photo_worker(photos, worker_env, log_path, "latency") as (runtime, base):
 
         def event(listing_id: str, i: int) -> ListingEvent:
-            return ListingEvent(listing_id=listing_id, image_url=f"{base}/{i % len(photos)}.jpg")
+            return ListingEvent(external_id=listing_id, image_url=f"{base}/{i % len(photos)}.jpg")
 
         # Warm-up: the model loads with the first batch, not inside the measurement.
         warm = [event(f"warm-{label}-{i}", i) for i in range(2)]
         publish_listings(runtime, warm)
-        warm_ids = [e.listing_id for e in warm]
+        warm_ids = [e.external_id for e in warm]
         _wait(lambda: _count(runtime, warm_ids, done=True) == len(warm_ids), 900, "the warm-up")
         return _timed_publishing(runtime, [event(f"lat-{label}-{i}", i) for i in range(n)], rate)
 
@@ -472,7 +472,7 @@ def _timed_publishing(runtime: Runtime, events: list[ListingEvent], rate: float)
     for i, item in enumerate(events):
         time.sleep(max(0.0, started + i / rate - time.perf_counter()))
         with lock:
-            published[item.listing_id] = time.perf_counter()
+            published[item.external_id] = time.perf_counter()
         publish_listings(runtime, [item])
     _wait(lambda: len(finished) == len(events) or not watcher.is_alive(), 600, "the latency listings")
     stop.set()
@@ -487,12 +487,12 @@ def seed_clustering(photos: list[bytes], env: dict[str, str], log_path: Path, k:
     with photo_worker(photos, env, log_path, "seed") as (runtime, base):
         events = [
             ListingEvent(
-                listing_id=f"seed-{i}", image_url=f"{base}/{i}.jpg", seller_category=f"category-{i % k}"
+                external_id=f"seed-{i}", image_url=f"{base}/{i}.jpg", seller_category=f"category-{i % k}"
             )
             for i in range(len(photos))
         ]
         publish_listings(runtime, events)
-        ids = [e.listing_id for e in events]
+        ids = [e.external_id for e in events]
         _wait(lambda: _count(runtime, ids, done=True) == len(ids), 900, "the seed listings")
         result = refit(runtime.db, runtime.settings, k=k)
     if result.version_id is None:

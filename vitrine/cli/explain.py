@@ -16,11 +16,12 @@ MAX_OVERLAY_BYTES = 64 * 1024 * 1024
 @app.command()
 def explain(
     ctx: typer.Context,
-    listing_id: Annotated[str, typer.Argument(help="The marketplace's listing id.")],
+    external_id: Annotated[str, typer.Argument(help="The marketplace's id of the listing.")],
     out: Annotated[Path | None, typer.Option(help="Where to write the overlay PNG.")] = None,
 ) -> None:
-    """Write the Grad-CAM overlay PNG of LISTING_ID, computing and storing it if needed."""
-    from common.jobs.explain import explain_listings, presigned_url
+    """Write the Grad-CAM overlay PNG of EXTERNAL_ID, computing and storing it if needed."""
+    from common.jobs.explain import explain_listings
+    from common.object_store import overlay_url
     from common.schema import Listing, Suggestion
     from common.vision.backbone import Backbone
 
@@ -28,28 +29,28 @@ def explain(
     settings, store = runtime.settings, runtime.store
     with runtime.db.transaction() as session:
         row = session.execute(
-            select(Listing.id, Suggestion.gradcam_key)
+            select(Listing.id, Suggestion.overlay_key)
             .outerjoin(Suggestion, Suggestion.listing_id == Listing.id)
-            .where(Listing.external_id == listing_id)
+            .where(Listing.external_id == external_id)
         ).first()
     if row is None:
-        console.print(f"[red]no listing {listing_id!r}[/red]")
+        console.print(f"[red]no listing {external_id!r}[/red]")
         raise typer.Exit(1)
     internal_id, key = row
     if key is None or not store.exists(settings.store.overlay_bucket, key):
         backbone = Backbone.from_settings(settings, with_classifier=True)
         report = explain_listings(runtime.db, [internal_id], settings, backbone, store)
         if internal_id in report.failed:
-            console.print(f"[red]cannot explain {listing_id!r}:[/red] {report.failed[internal_id]}")
+            console.print(f"[red]cannot explain {external_id!r}:[/red] {report.failed[internal_id]}")
             raise typer.Exit(1)
         if internal_id in report.retry:
-            console.print(f"[red]photo or object storage unavailable for {listing_id!r}; try again[/red]")
+            console.print(f"[red]photo or object storage unavailable for {external_id!r}; try again[/red]")
             raise typer.Exit(1)
         if internal_id not in report.explained:
-            console.print(f"[red]nothing to explain for {listing_id!r}[/red]")
+            console.print(f"[red]nothing to explain for {external_id!r}[/red]")
             raise typer.Exit(1)
         key = report.explained[internal_id].overlay_key
-    target = out or Path(f"{listing_id}-gradcam.png")
+    target = out or Path(f"{external_id}-overlay.png")
     target.write_bytes(store.get_bytes(settings.store.overlay_bucket, key, max_bytes=MAX_OVERLAY_BYTES))
     console.print(f"wrote {target} ({key})")
-    console.print(presigned_url(store, settings, key))
+    console.print(overlay_url(store, settings, key) or "(no URL: the object store did not answer)")

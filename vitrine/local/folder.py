@@ -76,7 +76,7 @@ def publish_folder(
             given = category is not None and gives_seller_category(path.name, seller_share)
             events.append(
                 ListingEvent(
-                    listing_id=path.stem,
+                    external_id=path.stem,
                     image_url=runtime.store.upload_photo(settings.store.images_bucket, path),
                     seller_category=category if given else None,
                     title=titles.get(path.name),

@@ -253,7 +253,7 @@ def explanations_pending(runtime: Runtime, external_ids: list[str]) -> int:
             .where(
                 Listing.external_id.in_(external_ids),
                 Suggestion.needs_review,
-                Suggestion.gradcam_key.is_(None),
+                Suggestion.overlay_key.is_(None),
                 Suggestion.explain_error.is_(None),
             )
         ).scalar_one()
@@ -271,7 +271,7 @@ def summarise(runtime: Runtime, published: list[PublishedPhoto], result: RefitRe
                 Listing.failure_reason,
                 Suggestion.category,
                 Suggestion.needs_review,
-                Suggestion.gradcam_key,
+                Suggestion.overlay_key,
             )
             .outerjoin(Suggestion, Suggestion.listing_id == Listing.id)
             .where(Listing.external_id.in_(ids))
