@@ -28,12 +28,14 @@ from sqlalchemy.orm import Session
 
 from common.db import Database, until_available
 from common.object_store import ObjectStore
-from common.photos.fetch import FailureReason, Fault, ImageRejected, fetch_image_bytes, http_client
+from common.photos.failures import FailureReason, Fault, ImageRejected
+from common.photos.fetch import fetch_image_bytes, http_client
 from common.schema import Embedding, Listing, ListingStatus
 from common.settings import Settings
 from common.suggestions.model import SuggestionModel
 from common.suggestions.rows import explanation_wanted, load_suggestion_model, upsert_suggestions
-from common.vision.backbone import Backbone, Prepared, embed_prepared, prepare_batch
+from common.vision.backbone import Backbone
+from common.vision.batch import Prepared, embed_prepared, prepare_batch
 
 log = logging.getLogger(__name__)
 

@@ -16,15 +16,17 @@ import numpy as np
 import torch
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
-from timm.data import resolve_data_config
 
 from common.db import Database, until_available
 from common.object_store import OVERLAYS, STORAGE_ERRORS, ObjectStore
-from common.photos.fetch import Fault, ImageRejected, LoadedImage, http_client, load_image
+from common.photos.decode import LoadedImage
+from common.photos.failures import Fault, ImageRejected
+from common.photos.fetch import http_client, load_image
 from common.schema import ClusteringVersion, Listing, Suggestion
 from common.settings import Settings
 from common.vision.backbone import Backbone, weights_id
-from common.vision.gradcam import Explanation, gradcam, has_classifier, render_pngs
+from common.vision.gradcam import Explanation, gradcam, has_classifier
+from common.vision.overlay import render_pngs
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +200,6 @@ def _store_objects(
 ) -> None:
     if not ready:
         return
-    data_config = resolve_data_config({}, model=backbone.model)
     try:
         store.ensure_bucket(settings.store.overlay_bucket)
     except STORAGE_ERRORS as error:
@@ -210,7 +211,7 @@ def _store_objects(
         overlay_key, heatmap_key = object_keys(
             item.listing_id, item.loaded.sha256, backbone.backbone_id, item.version
         )
-        overlay, heatmap = render_pngs(item.loaded.image, item.explanation, data_config)
+        overlay, heatmap = render_pngs(item.loaded.image, item.explanation, backbone.transform)
         try:
             wrote_heatmap = store.put_bytes(settings.store.overlay_bucket, heatmap_key, heatmap, "image/png")
             # The overlay last: its key on the row means both objects exist.

@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 
 from common.delivery.outbox import send_listings
 from common.delivery.publisher import BROKER_ERRORS
-from common.photos.fetch import ImageRejected, check_bucket_allowed, parse_s3_url
+from common.photos.failures import ImageRejected
+from common.photos.urls import check_bucket_allowed, parse_s3_url
 from common.runtime import Runtime
 from common.schema import Listing, ListingStatus, Suggestion
 from common.settings import Settings

@@ -4,45 +4,35 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import threading
 import warnings
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from safetensors import SafetensorError
-from timm.data import create_transform, resolve_data_config
 
-from common.photos import fetch as imaging
-from common.photos.fetch import ImageRejected
 from common.settings import DEFAULT_CROP, ConfigError, Settings
 from common.vision.device_decode import (
     TensorTransform,
     UnsupportedOnDevice,
-    decodable_on_device,
-    decode_batch,
 )
+from common.vision.transforms import PhotoTransform, TimmModel
 
 log = logging.getLogger(__name__)
 
-Source = TypeVar("Source")
-# A timm model: an nn.Module with timm's own API (forward_features, forward_head, pretrained_cfg,
-# num_features, feature_info), which torch's type stubs do not describe.
-TimmModel = Any
-
 
 PRECISIONS = ("fp32", "int8", "bf16")
+
+
 # Precisions whose embeddings differ enough from fp32 that they never share a clustering with it.
 # bf16 autocast keeps fp32 weights and accumulation, and every embedding made on CUDA so far was
 # made with it, so it keeps the plain id.
@@ -158,44 +148,13 @@ def create_model(
     return model.eval(), True
 
 
-def crop_data_config(model: TimmModel, crop: str) -> dict[str, Any]:
-    """timm's data config for this model (input size, interpolation, crop, mean and std).
-
-    `center`: exactly timm's, which resizes the shorter side and cuts the centre square.
-    `full`: the photo is padded to a square first (`pad_to_square`), then resized whole
-    (crop_pct 1.0), so nothing of a wide or tall product is cut; every other constant is timm's.
-    """
-    config = resolve_data_config({}, model=model)
-    if crop == "full":
-        config["crop_pct"] = 1.0
-    elif crop != "center":
-        raise ConfigError(f"VITRINE_CROP: unknown crop {crop!r}; choose center or full")
-    return config
-
-
-def pad_to_square(image: Image.Image) -> Image.Image:
-    """The photo centred on a square of its own background colour: the median of its border.
-
-    Product photos mostly sit on a plain background; padding with it adds no edge the model
-    could mistake for part of the product.
-    """
-    width, height = image.size
-    if width == height:
-        return image
-    rgb = np.asarray(image.convert("RGB"))
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    colour = tuple(int(c) for c in np.median(border, axis=0))
-    side = max(width, height)
-    return ImageOps.pad(image.convert("RGB"), (side, side), color=colour, centering=(0.5, 0.5))
-
-
-def _device_transform(data_config: dict[str, Any], crop: str, decode: str) -> TensorTransform | None:
+def _device_transform(transform: PhotoTransform, decode: str) -> TensorTransform | None:
     if decode == "pillow":
         return None
     if decode != "device":
         raise ConfigError(f"VITRINE_DECODE: unknown decode {decode!r}; choose pillow or device")
     try:
-        return TensorTransform.from_config(data_config, crop)
+        return TensorTransform.from_config(transform.data_config, transform.crop)
     except UnsupportedOnDevice as error:
         raise ConfigError(f"VITRINE_DECODE=device: {error}") from None
 
@@ -208,7 +167,7 @@ class Backbone:
     model: TimmModel
     device: torch.device
     backbone_id: str
-    transform: Any
+    transform: PhotoTransform
     dim: int
     pretrained: bool = True
     crop: str = DEFAULT_CROP
@@ -243,8 +202,8 @@ class Backbone:
         classifier = model.pretrained_cfg.get("classifier") if with_classifier else None
         digest = _weights_digest(model, classifier)
         # timm's data config for this model (input size, interpolation, mean and std), with the crop.
-        data_config = crop_data_config(model, crop)
-        device_transform = _device_transform(data_config, crop, decode)
+        transform = PhotoTransform.for_model(model, crop)
+        device_transform = _device_transform(transform, decode)
         dim = int(model.num_features)
         if torch_device.type == "cuda":
             model = model.to(torch_device, memory_format=torch.channels_last)
@@ -260,7 +219,7 @@ class Backbone:
             model=model,
             device=torch_device,
             backbone_id=f"{name}@{tag}{suffix}",
-            transform=create_transform(**data_config, is_training=False),
+            transform=transform,
             dim=dim,
             pretrained=pretrained,
             crop=crop,
@@ -287,25 +246,20 @@ class Backbone:
 
     def with_decode(self, decode: str) -> Backbone:
         """The same model with photos decoded another way (`pillow` or `device`)."""
-        config = crop_data_config(self.model, self.crop)
-        return replace(self, decode=decode, device_transform=_device_transform(config, self.crop, decode))
+        return replace(self, decode=decode, device_transform=_device_transform(self.transform, decode))
 
     @property
     def weights_id(self) -> str:
         """The id without its precision: the same weights, whatever precision they run at."""
         return weights_id(self.backbone_id)
 
-    @cached_property
+    @property
     def min_side(self) -> int:
-        """The shorter side timm's eval transform resizes a photo to: decoding more is waste."""
-        config = crop_data_config(self.model, self.crop)
-        size = max(config["input_size"][1:])
-        return math.ceil(size / float(config.get("crop_pct") or 1.0))
+        """The shorter side the model's transform resizes a photo to: decoding more is waste."""
+        return self.transform.min_side
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
-        """timm's eval transform for this model: one photo → one input tensor."""
-        if self.crop == "full":
-            image = pad_to_square(image)
+        """timm's eval transform for this model, with the crop: one photo → one input tensor."""
         return self.transform(image)
 
     def autocast(self) -> Any:
@@ -341,84 +295,3 @@ class Backbone:
 
 def weights_id(backbone_id: str) -> str:
     return backbone_id.split("+", 1)[0]
-
-
-@dataclass
-class Prepared(Generic[Source]):
-    """One photo on its way to the model: its input tensor, or why it has none."""
-
-    source: Source
-    tensor: torch.Tensor | None = None
-    sha256: str | None = None
-    error: ImageRejected | None = None
-    # Checked bytes of a JPEG waiting for the device's decoder (`Backbone.decode == "device"`).
-    encoded: bytes | None = None
-
-
-def prepare_batch(
-    backbone: Backbone,
-    sources: Sequence[Source],
-    fetch: Callable[[Source], bytes],
-    settings: Settings,
-    pool: Executor | None = None,
-) -> list[Prepared[Source]]:
-    """Fetch, check, decode and prepare each photo (fetching and host decoding in `pool` when given).
-
-    This is the one way photos reach the model: the embed worker, the study and the benchmarks
-    all call it. A photo that cannot be used carries its reason; the others are unaffected.
-    """
-
-    def guarded(source: Source, work: Callable[[], Prepared[Source]]) -> Prepared[Source]:
-        try:
-            return work()
-        except ImageRejected as error:
-            return Prepared(source, error=error)
-        except Exception as error:  # a bug, not the photo's fault: isolated here, retried by the caller
-            log.exception("unexpected error preparing %r", source)
-            return Prepared(source, error=ImageRejected.internal(error))
-
-    def on_host(source: Source, data: bytes) -> Prepared[Source]:
-        loaded = imaging.decode_image(data, settings, backbone.min_side)
-        return Prepared(source, backbone.prepare(loaded.image), loaded.sha256)
-
-    def fetched(source: Source) -> Prepared[Source]:
-        data = fetch(source)
-        if backbone.decode == "device" and decodable_on_device(imaging.open_checked(data, settings), data):
-            return Prepared(source, sha256=imaging.sha256_of(data), encoded=data)
-        return on_host(source, data)
-
-    def one(source: Source) -> Prepared[Source]:
-        return guarded(source, lambda: fetched(source))
-
-    prepared = list(pool.map(one, sources) if pool is not None else map(one, sources))
-    waiting = [p for p in prepared if p.encoded is not None]
-    if waiting:
-        refused = _decode_on_device(backbone, waiting)
-        for item, data in refused:
-            done = guarded(item.source, lambda: on_host(item.source, data))  # noqa: B023 - called at once
-            item.tensor, item.sha256, item.error = done.tensor, done.sha256, done.error
-    return prepared
-
-
-def _decode_on_device(
-    backbone: Backbone, waiting: Sequence[Prepared[Source]]
-) -> list[tuple[Prepared[Source], bytes]]:
-    """One batched decode on the device, then its transform; returns what the device refused."""
-    transform = backbone.device_transform
-    assert transform is not None
-    refused: dict[int, BaseException] = {}
-    encoded = [p.encoded or b"" for p in waiting]
-    with torch.inference_mode():
-        images = decode_batch(encoded, backbone.device, refused.__setitem__)
-        for item, image in zip(waiting, images, strict=True):
-            item.encoded = None
-            if image is not None:
-                item.tensor = transform(image)
-    for index, error in refused.items():
-        log.info("the device's decoder refused %r (%s); decoding on the host", waiting[index].source, error)
-    return [(waiting[index], encoded[index]) for index in sorted(refused)]
-
-
-def embed_prepared(backbone: Backbone, prepared: Sequence[Prepared[Source]]) -> np.ndarray:
-    """Vectors of the prepared photos that have a tensor, in their order."""
-    return backbone.forward([p.tensor for p in prepared if p.tensor is not None])

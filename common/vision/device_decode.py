@@ -69,7 +69,7 @@ class TensorTransform:
 
     @classmethod
     def from_config(cls, config: dict[str, Any], crop: str) -> TensorTransform:
-        """From timm's resolved data config (`common.vision.backbone.crop_data_config`)."""
+        """From timm's resolved data config (`common.vision.transforms.crop_data_config`)."""
         _, height, width = config["input_size"]
         if height != width or config.get("crop_mode", "center") != "center":
             raise UnsupportedOnDevice(
@@ -100,7 +100,7 @@ class TensorTransform:
 def pad_to_square(image: torch.Tensor) -> torch.Tensor:
     """The photo centred on a square of its border's median colour.
 
-    As `common.vision.backbone.pad_to_square` does it on the host.
+    As `common.vision.transforms.pad_to_square` does it on the host.
     """
     _, height, width = image.shape
     if height == width:

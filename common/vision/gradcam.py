@@ -1,29 +1,24 @@
-"""Grad-CAM through a timm backbone's last feature stage, and the PNGs moderators see.
+"""Grad-CAM through a timm backbone's last feature stage: a heatmap on the model's feature grid.
 
-No database and no storage here: `common.jobs.explain` decides what to explain and stores the PNGs.
+No database and no storage here: `common.vision.overlay` draws it on the photo and
+`common.jobs.explain` decides what to explain and stores the PNGs.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from common.vision.backbone import Backbone, TimmModel
 
 TARGET_CENTROID = "centroid_similarity"
 TARGET_IMAGENET = "imagenet_top1"
-MAX_OVERLAY_SIDE = 1024  # moderators see a screen-sized image; full-size PNGs would be megabytes
-OVERLAY_ALPHA = 0.5
 
 
 @dataclass(frozen=True)
@@ -128,68 +123,3 @@ def gradcam_tensors(
         )
         for i in range(len(batch))
     ]
-
-
-def crop_box(photo_size: tuple[int, int], data_config: dict[str, Any]) -> tuple[int, int, int, int]:
-    """The part of the photo the model saw, (left, top, right, bottom), under timm's eval transform."""
-    width, height = photo_size
-    _, in_h, in_w = data_config["input_size"]
-    crop_pct = float(data_config.get("crop_pct") or 1.0)
-    mode = data_config.get("crop_mode") or "center"
-    if mode == "squash":
-        box_w, box_h = width * crop_pct, height * crop_pct
-    elif mode == "center" and in_h == in_w:
-        # Shorter side resized to input/crop_pct, then an input-sized centre crop.
-        scale = math.floor(in_h / crop_pct) / min(width, height)
-        box_w, box_h = min(width, in_w / scale), min(height, in_h / scale)
-    else:
-        box_w, box_h = width, height
-    left, top = (width - box_w) / 2, (height - box_h) / 2
-    return round(left), round(top), round(left + box_w), round(top + box_h)
-
-
-def heatmap_on_photo(
-    heatmap: np.ndarray, photo_size: tuple[int, int], box: tuple[int, int, int, int]
-) -> np.ndarray:
-    """The heatmap resized onto the photo's pixels; zero where the model saw nothing."""
-    width, height = photo_size
-    left, top, right, bottom = box
-    full = np.zeros((height, width), dtype=np.float32)
-    if right > left and bottom > top:
-        resized = cv2.resize(heatmap, (right - left, bottom - top), interpolation=cv2.INTER_LINEAR)
-        full[top:bottom, left:right] = np.clip(resized, 0.0, 1.0)
-    return full
-
-
-def render_pngs(
-    photo: Image.Image, explanation: Explanation, data_config: dict[str, Any]
-) -> tuple[bytes, bytes]:
-    """(overlay PNG: colour-mapped heatmap blended over the photo, raw heatmap PNG: 8-bit grey)."""
-    photo = photo.convert("RGB")
-    if max(photo.size) > MAX_OVERLAY_SIDE:
-        photo = photo.copy()
-        photo.thumbnail((MAX_OVERLAY_SIDE, MAX_OVERLAY_SIDE), Image.Resampling.BICUBIC)
-    box = crop_box(photo.size, data_config)
-    heat = heatmap_on_photo(explanation.heatmap, photo.size, box)
-    colour = cv2.applyColorMap(np.round(heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
-    pixels = np.asarray(photo, dtype=np.float32)
-    blended = pixels.copy()
-    left, top, right, bottom = box
-    blended[top:bottom, left:right] = (1 - OVERLAY_ALPHA) * pixels[top:bottom, left:right] + (
-        OVERLAY_ALPHA * colour[top:bottom, left:right]
-    )
-    overlay = _png(Image.fromarray(np.uint8(np.clip(np.round(blended), 0, 255))))
-
-    info = PngInfo()
-    info.add_text("target", explanation.target)
-    # Where the feature grid sits on the photo, as fractions of its width and height.
-    w, h = photo.size
-    info.add_text("crop_box", ",".join(f"{v:.4f}" for v in (left / w, top / h, right / w, bottom / h)))
-    raw = _png(Image.fromarray(np.uint8(np.round(explanation.heatmap * 255)), mode="L"), info)
-    return overlay, raw
-
-
-def _png(image: Image.Image, info: PngInfo | None = None) -> bytes:
-    buffer = BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()

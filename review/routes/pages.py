@@ -19,7 +19,7 @@ from common.listings.views import labelled_neighbours, listing_view
 from common.moderation import decisions as review
 from common.moderation.accounts import Identity, authenticate
 from common.object_store import STORAGE_ERRORS, overlay_url
-from common.photos.fetch import parse_s3_url
+from common.photos.urls import parse_s3_url
 from common.runtime import Runtime
 from review.auth import CSRF_FIELD, Moderator, check_form_csrf, new_csrf, runtime_of, sessions_of
 from review.charts import hourly_bars, line_chart

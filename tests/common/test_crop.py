@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from common.settings import ConfigError, load_settings
-from common.vision.backbone import Backbone, pad_to_square
+from common.vision.backbone import Backbone
+from common.vision.transforms import pad_to_square
 from tests.conftest import LITE0_WEIGHTS
 
 

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from common.settings import ConfigError, load_settings
-from common.vision.backbone import Backbone, embed_prepared, prepare_batch
+from common.vision.backbone import Backbone
+from common.vision.batch import embed_prepared, prepare_batch
 from common.vision.device_decode import decode_batch
 from tests.conftest import FLIPKART
 from tests.helpers import jpeg_bytes, png_bytes, real_jpeg, truncated_jpeg

@@ -22,7 +22,8 @@ from common.runtime import Runtime
 from common.schema import Listing, Suggestion
 from common.settings import Settings
 from common.vision.backbone import Backbone
-from common.vision.gradcam import TARGET_CENTROID, TARGET_IMAGENET, gradcam, render_pngs, target_layer_name
+from common.vision.gradcam import TARGET_CENTROID, TARGET_IMAGENET, gradcam, target_layer_name
+from common.vision.overlay import render_pngs
 from tests.conftest import FLIPKART
 from tests.helpers import count_objects, flipkart_rows, seed_listings, suggestions
 from vitrine.local.services import free_port
@@ -97,13 +98,12 @@ def test_heatmap_is_informative_and_deterministic(lite0: Backbone) -> None:
         assert a.heatmap.min() >= 0 and a.heatmap.max() == pytest.approx(1.0)
         assert a.heatmap.std() > 0.1, "heatmap is (nearly) uniform"
         np.testing.assert_array_equal(a.heatmap, b.heatmap)
-        assert render_pngs(image, a, {"input_size": (3, 224, 224), "crop_pct": 0.875}) == render_pngs(
-            image, b, {"input_size": (3, 224, 224), "crop_pct": 0.875}
-        )
-    overlay, heatmap = render_pngs(images[0], first[0], {"input_size": (3, 224, 224), "crop_pct": 0.875})
+        assert render_pngs(image, a, lite0.transform) == render_pngs(image, b, lite0.transform)
+    overlay, heatmap = render_pngs(images[0], first[0], lite0.transform)
     assert overlay.startswith(PNG_MAGIC) and heatmap.startswith(PNG_MAGIC)
     assert Image.open(BytesIO(overlay)).size == images[0].size
     assert Image.open(BytesIO(heatmap)).mode == "L"
+    assert Image.open(BytesIO(heatmap)).size == images[0].size  # laid over the photo as it is
 
 
 def test_batch_gives_the_same_heatmaps_as_single_images(lite0: Backbone, white_watches: list) -> None:

@@ -5,15 +5,10 @@ from __future__ import annotations
 import pytest
 
 from common.object_store import ObjectStore
-from common.photos.fetch import (
-    FailureReason,
-    Fault,
-    ImageRejected,
-    check_url_allowed,
-    decode_image,
-    fetch_http,
-    fetch_image_bytes,
-)
+from common.photos.decode import decode_image
+from common.photos.failures import FailureReason, Fault, ImageRejected
+from common.photos.fetch import fetch_http, fetch_image_bytes
+from common.photos.urls import check_url_allowed
 from common.settings import Settings, load_settings
 from tests.helpers import animated_gif, decompression_bomb, real_jpeg, truncated_jpeg
 from vitrine.local.services import free_port, serve_bytes

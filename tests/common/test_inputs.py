@@ -17,15 +17,10 @@ from PIL import Image
 from sqlalchemy import select
 
 from common.jobs.embed import Claimed, EmbedPipeline
-from common.photos.fetch import (
-    FailureReason,
-    Fault,
-    ImageRejected,
-    check_url_allowed,
-    decode_image,
-    fetch_http,
-    fetch_image_bytes,
-)
+from common.photos.decode import decode_image
+from common.photos.failures import FailureReason, Fault, ImageRejected
+from common.photos.fetch import fetch_http, fetch_image_bytes
+from common.photos.urls import check_url_allowed
 from common.runtime import Runtime
 from common.schema import Listing
 from common.settings import Settings, load_settings

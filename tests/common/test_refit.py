@@ -344,7 +344,8 @@ def test_refit_fits_the_fused_model_stores_its_threshold_and_each_signal(
         assert version.target_precision == fused.suggestions.target_precision
         assert version.threshold is not None and 0.0 < version.threshold <= 1.0
         assert (
-            version.estimated_precision is not None and version.estimated_precision >= fused.suggestions.target_precision
+            version.estimated_precision is not None
+            and version.estimated_precision >= fused.suggestions.target_precision
         )
         assert version.estimated_coverage is not None and version.estimated_coverage > 0.5
         suggestions = {s.listing_id: s for s in session.execute(select(Suggestion)).scalars()}

@@ -95,8 +95,9 @@ def test_pretrained_features_separate_categories_better_than_random(flipkart_lab
 
 
 def test_prepare_batch_isolates_a_bad_photo_and_keeps_the_order() -> None:
-    from common.photos.fetch import ImageRejected, decode_image
-    from common.vision.backbone import embed_prepared, prepare_batch
+    from common.photos.decode import decode_image
+    from common.photos.failures import ImageRejected
+    from common.vision.batch import embed_prepared, prepare_batch
     from tests.helpers import real_jpeg
 
     backbone = Backbone.load("test_efficientnet", allow_random=True)

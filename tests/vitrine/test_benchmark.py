@@ -19,7 +19,7 @@ def test_gpu_script_runs_on_cpu_and_prints_one_json_line(service_env: dict[str, 
         "VITRINE_VENV": sys.prefix,  # the project is installed here: nothing to install
         "VITRINE_WEIGHTS": "",
     }
-    script = str(ROOT / "benchmarks" / "gpu.sh")
+    script = str(ROOT / "vitrine" / "bench" / "gpu.sh")
     done = subprocess.run(
         [
             script,
@@ -69,7 +69,7 @@ def test_share_of_the_bf16_peak_uses_the_chip_table_or_the_given_peak() -> None:
 
 
 def test_the_script_is_executable() -> None:
-    assert os.access(Path(ROOT / "benchmarks" / "gpu.sh"), os.X_OK)
+    assert os.access(Path(ROOT / "vitrine" / "bench" / "gpu.sh"), os.X_OK)
 
 
 def test_latency_percentiles_are_in_milliseconds() -> None:

@@ -61,7 +61,7 @@ def _publish_photos(runtime: Runtime, rows: list[dict[str, str]], labelled_every
         for i, row in enumerate(rows)
     ]
     publish_listings(runtime, events)
-    return [event.listing_id for event in events]
+    return [event.external_id for event in events]
 
 
 def test_listing_events_become_suggestions_and_bad_photos_fail_alone(

@@ -44,9 +44,10 @@ def largest_allowed_jpeg(photo: Path) -> bytes:
 
 
 def measure(data: bytes, batch: int, model: str, reduced: bool, results: Queue[dict[str, Any]]) -> None:
-    from common.photos.fetch import decode_image
+    from common.photos.decode import decode_image
     from common.settings import load_settings
-    from common.vision.backbone import Backbone, embed_prepared, prepare_batch
+    from common.vision.backbone import Backbone
+    from common.vision.batch import embed_prepared, prepare_batch
 
     settings = load_settings()
     backbone = Backbone.load(model, None, "cpu", allow_random=True)

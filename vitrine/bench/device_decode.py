@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from common.settings import load_settings
-from common.vision.backbone import Backbone, embed_prepared, prepare_batch, set_torch_threads
+from common.vision.backbone import Backbone, set_torch_threads
+from common.vision.batch import embed_prepared, prepare_batch
 
 
 def measure(backbone: Backbone, photos: list[bytes], batch: int) -> tuple[float, float, np.ndarray]:

@@ -31,7 +31,8 @@ from common.listings.events import ListingEvent, publish_listings
 from common.runtime import Runtime
 from common.schema import TERMINAL_STATUSES, Listing, ListingStatus
 from common.settings import Settings, with_environment
-from common.vision.backbone import Backbone, embed_prepared, prepare_batch, set_torch_threads
+from common.vision.backbone import Backbone, set_torch_threads
+from common.vision.batch import embed_prepared, prepare_batch
 from vitrine.local.services import (
     LocalServices,
     celery_worker,

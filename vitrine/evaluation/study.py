@@ -22,12 +22,14 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.model_selection import train_test_split
 
-from common.photos.fetch import FailureReason, ImageRejected, LoadedImage, decode_image
+from common.photos.decode import LoadedImage, decode_image
+from common.photos.failures import FailureReason, ImageRejected
 from common.settings import Settings
 from common.suggestions.fitting import fit_suggestion_model
 from common.suggestions.model import LabelledSet, SuggestionModel, cluster_label_shares
 from common.suggestions.rows import ReviewReason, acceptance_threshold, review_reason
-from common.vision.backbone import Backbone, embed_prepared, prepare_batch, resolve_device, resolve_precision
+from common.vision.backbone import Backbone, resolve_device, resolve_precision
+from common.vision.batch import embed_prepared, prepare_batch
 from vitrine.evaluation import report as figures
 from vitrine.evaluation.report import THUMBNAIL_SIZE, write_html
 

@@ -11,16 +11,16 @@ import signal
 CRASH_MARKER = b"VITRINE-CRASH-TEST"
 
 try:
-    import common.photos.fetch as imaging
+    import common.photos.decode as decoding
 except ImportError:  # not a Vitrine process
-    imaging = None
+    decoding = None
 
-if imaging is not None:
-    _decode = imaging.decode_image
+if decoding is not None:
+    _decode = decoding.decode_image
 
     def decode_or_die(data, settings, min_side=None):  # type: ignore[no-untyped-def]
         if CRASH_MARKER in data:
             os.kill(os.getpid(), signal.SIGKILL)
         return _decode(data, settings, min_side)
 
-    imaging.decode_image = decode_or_die
+    decoding.decode_image = decode_or_die
