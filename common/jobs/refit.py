@@ -16,9 +16,10 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from common.db import Database
+from common.moderation.labels import label_expression
 from common.schema import ClusteringVersion, Embedding, Listing
 from common.settings import Settings
-from common.suggestions.corpus import current_version, iter_embeddings, label_expression, newest_backbone_id
+from common.suggestions.corpus import current_version, iter_embeddings, newest_backbone_id
 from common.suggestions.fitting import fit_suggestion_model
 from common.suggestions.model import SuggestionModel, cluster_label_shares
 from common.suggestions.rows import Lineage, labelled_set, reassign_suggestions

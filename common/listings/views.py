@@ -9,8 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.moderation.decisions import decision_of
+from common.moderation.labels import label_expression
 from common.schema import Embedding, Listing, Suggestion
-from common.suggestions.corpus import label_expression
 
 MAX_WAIT = 30.0
 # Between two looks at a listing awaited by a client (`?wait=`): each look is a short transaction.

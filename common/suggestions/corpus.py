@@ -5,27 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from common.schema import ClusteringVersion, Embedding, Listing, ModeratorDecision
-
-
-def label_expression() -> ColumnElement[str | None]:
-    """A listing's label: the newest moderator decision still standing, else the seller's category."""
-    undo = aliased(ModeratorDecision)
-    decision = (
-        select(ModeratorDecision.category)
-        .where(
-            ModeratorDecision.listing_id == Listing.id,
-            ModeratorDecision.action.in_(("accept", "override")),
-            ~select(undo.id).where(undo.reverts_id == ModeratorDecision.id).exists(),
-        )
-        .order_by(ModeratorDecision.id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    return func.coalesce(decision, Listing.seller_category)
+from common.moderation.labels import label_expression
+from common.schema import ClusteringVersion, Embedding, Listing
 
 
 def iter_embeddings(

@@ -16,7 +16,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from common.listings.views import labelled_neighbours, listing_view
-from common.moderation import decisions as review
+from common.moderation import decisions, history, queue
 from common.moderation.accounts import Identity, authenticate
 from common.object_store import STORAGE_ERRORS, overlay_url
 from common.photos.urls import parse_s3_url
@@ -125,7 +125,7 @@ def _review_context(runtime: Runtime, moderator: str, category: str | None) -> d
     lease = runtime.settings.review.review_lease_seconds
     midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     with runtime.db.transaction() as session:
-        claimed = review.claim(session, moderator, lease, category)
+        claimed = queue.claim(session, moderator, lease, category)
     with runtime.db.transaction() as session:
         item = listing_view(session, claimed.external_id) if claimed is not None else None
         neighbours = labelled_neighbours(session, item["id"]) if item is not None else []
@@ -133,10 +133,10 @@ def _review_context(runtime: Runtime, moderator: str, category: str | None) -> d
             "item": item,
             "lease_expires_at": claimed.expires_at if claimed is not None else None,
             "neighbours": [{**n, "photo": photo_url(runtime, n["image_url"])} for n in neighbours],
-            "waiting": review.waiting_counts(session),
-            "decided_today": review.decided_since(session, moderator, midnight),
-            "last": review.last_decision(session, moderator),
-            "categories": sorted(review.known_categories(session)),
+            "waiting": queue.waiting_counts(session),
+            "decided_today": decisions.decided_since(session, moderator, midnight),
+            "last": decisions.last_decision(session, moderator),
+            "categories": sorted(queue.known_categories(session)),
             "category": category,
         }
     if item is not None:
@@ -166,7 +166,7 @@ async def _attempt(runtime: Runtime, work: Callable[[Session], None]) -> str | N
         try:
             with runtime.db.transaction() as session:
                 work(session)
-        except review.ReviewError as error:
+        except decisions.ReviewError as error:
             return error.message
         return None
 
@@ -184,7 +184,7 @@ async def decide_form(
     external_id: str,
     action: str = Form(max_length=16),
     category: str | None = Form(None, max_length=200),
-    note: str | None = Form(None, max_length=review.MAX_NOTE),
+    note: str | None = Form(None, max_length=decisions.MAX_NOTE),
     filter_category: str | None = Form(None, max_length=200),
     csrf_token: str = Form(""),
     identity: Identity = Moderator,
@@ -195,7 +195,7 @@ async def decide_form(
         raise HTTPException(422, "category: required to override")
 
     def work(session: Session) -> None:
-        review.decide(session, identity.name, external_id, action, category or None, note or None)
+        decisions.decide(session, identity.name, external_id, action, category or None, note or None)
 
     return _back_to_review(filter_category, await _attempt(runtime, work))
 
@@ -213,7 +213,7 @@ async def undo_form(
     lease = runtime.settings.review.review_lease_seconds
 
     def work(session: Session) -> None:
-        review.undo(session, identity.name, external_id, lease)
+        decisions.undo(session, identity.name, external_id, lease)
 
     return _back_to_review(filter_category, await _attempt(runtime, work))
 
@@ -229,7 +229,7 @@ async def history_page(
 
     def rows() -> list[dict[str, Any]]:
         with runtime.db.transaction() as session:
-            return review.history(session, moderator or None, category or None)
+            return history.history(session, moderator or None, category or None)
 
     decisions = await run_in_threadpool(rows)
     return _render(

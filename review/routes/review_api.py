@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
 from common.delivery.queues import QUEUES
-from common.moderation import decisions as review
+from common.moderation import decisions, history, queue
 from common.moderation.accounts import Identity
 from common.runtime import Runtime
 from review.auth import Reviewer, runtime_of
@@ -26,7 +26,7 @@ class DecisionIn(BaseModel):
 
     action: Literal["accept", "override", "skip"]
     category: str | None = Field(None, min_length=1, max_length=200)
-    note: str | None = Field(None, max_length=review.MAX_NOTE)
+    note: str | None = Field(None, max_length=decisions.MAX_NOTE)
 
 
 def in_transaction(runtime: Runtime, work: Callable[[Session], T]) -> T:
@@ -34,7 +34,7 @@ def in_transaction(runtime: Runtime, work: Callable[[Session], T]) -> T:
     try:
         with runtime.db.transaction() as session:
             return work(session)
-    except review.ReviewError as error:
+    except decisions.ReviewError as error:
         raise HTTPException(error.status, error.message) from None
 
 
@@ -47,7 +47,7 @@ async def claim(
     runtime = runtime_of(request)
     lease = runtime.settings.review.review_lease_seconds
     claimed = await run_in_threadpool(
-        in_transaction, runtime, lambda s: review.claim(s, identity.name, lease, category)
+        in_transaction, runtime, lambda s: queue.claim(s, identity.name, lease, category)
     )
     if claimed is None:
         return Response(status_code=204)
@@ -62,7 +62,7 @@ async def decision(
     row = await run_in_threadpool(
         in_transaction,
         runtime,
-        lambda s: review.decide(s, identity.name, external_id, body.action, body.category, body.note),
+        lambda s: decisions.decide(s, identity.name, external_id, body.action, body.category, body.note),
     )
     return {"id": row.id, "external_id": external_id, "action": row.action, "category": row.category}
 
@@ -72,23 +72,23 @@ async def undo(request: Request, external_id: str, identity: Identity = Reviewer
     runtime = runtime_of(request)
     lease = runtime.settings.review.review_lease_seconds
     row = await run_in_threadpool(
-        in_transaction, runtime, lambda s: review.undo(s, identity.name, external_id, lease)
+        in_transaction, runtime, lambda s: decisions.undo(s, identity.name, external_id, lease)
     )
     return {"id": row.id, "external_id": external_id, "reverts": row.reverts_id}
 
 
 @router.get("/review/history", summary="Decisions, newest first")
-async def history(
+async def decision_history(
     request: Request,
     moderator_name: str | None = Query(None, alias="moderator", max_length=100),
     category: str | None = Query(None, max_length=200),
-    limit: int = Query(100, ge=1, le=review.HISTORY_LIMIT),
+    limit: int = Query(100, ge=1, le=history.HISTORY_LIMIT),
     before: int | None = Query(None, ge=1, description="Only decisions older than this id (paging)."),
     _: Identity = Reviewer,
 ) -> dict[str, Any]:
     runtime = runtime_of(request)
     rows = await run_in_threadpool(
-        in_transaction, runtime, lambda s: review.history(s, moderator_name, category, limit, before)
+        in_transaction, runtime, lambda s: history.history(s, moderator_name, category, limit, before)
     )
     return {"decisions": rows}
 
@@ -96,13 +96,13 @@ async def history(
 def dashboard_figures(runtime: Runtime) -> dict[str, Any]:
     """The dashboard's figures: from Postgres, and the broker's queue depths (None if it is away)."""
     with runtime.db.transaction() as session:
-        figures = review.stats(session)
+        figures = history.stats(session)
     depths: dict[str, int | None] = {}
-    for queue in QUEUES:
+    for name in QUEUES:
         try:
-            depths[queue] = runtime.publisher.queue_depth(queue)
+            depths[name] = runtime.publisher.queue_depth(name)
         except RedisError as error:  # the broker away: the page still shows the rest
-            depths[queue] = None
+            depths[name] = None
             figures["broker_error"] = str(error)
     figures["queue_depths"] = depths
     return figures

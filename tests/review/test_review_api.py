@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from common.db import Database
+from common.moderation.labels import label_expression
 from common.schema import Listing, ListingStatus, ModeratorDecision, ReviewLease
-from common.suggestions.corpus import label_expression
 from tests.review.conftest import Tokens, add_flagged, bearer
 
 

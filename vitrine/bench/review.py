@@ -22,7 +22,7 @@ import httpx
 from sqlalchemy import text
 
 from common.db import Database, drop_database, migrate
-from common.moderation import decisions as review
+from common.moderation import decisions, queue
 from common.moderation.accounts import add_token, add_user
 from common.settings import Settings
 from vitrine.local.services import LocalServices, create_scratch_database, free_port
@@ -172,11 +172,11 @@ def run_review_benchmark(
             for _ in range(claims):
                 started = time.perf_counter()
                 with database.transaction() as session:
-                    claimed = review.claim(session, "bench", settings.review.review_lease_seconds)
+                    claimed = queue.claim(session, "bench", settings.review.review_lease_seconds)
                 direct.append(time.perf_counter() - started)
                 assert claimed is not None
                 with database.transaction() as session:
-                    review.decide(session, "bench", claimed.external_id, "accept")
+                    decisions.decide(session, "bench", claimed.external_id, "accept")
         finally:
             database.dispose()
         return {
