@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, Select, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -40,6 +40,32 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def keyset_chunks(
+    source: Database | Session, query: Select[Any], key: Any, size: int
+) -> Iterator[tuple[Session, list[Any]]]:
+    """`query`'s rows in chunks of `size`, ordered by `key` (its first column) and resumed after the
+    last key seen: bounded memory, and no OFFSET that slows as it goes.
+
+    From a `Database`, each chunk is read and handled in a transaction of its own, committed when
+    the caller asks for the next chunk; from a `Session`, every chunk is read in that session.
+    """
+    last = None
+    while True:
+        page = (query if last is None else query.where(key > last)).order_by(key).limit(size)
+        if isinstance(source, Session):
+            rows = list(source.execute(page).all())
+            if not rows:
+                return
+            yield source, rows
+        else:
+            with source.transaction() as session:
+                rows = list(session.execute(page).all())
+                if not rows:
+                    return
+                yield session, rows
+        last = rows[-1][0]
 
 
 def database_unavailable(error: BaseException) -> bool:

@@ -24,6 +24,8 @@ DEFAULT_MODEL = "convnext_base.fb_in22k_ft_in1k"
 DEFAULT_CROP: Literal["center", "full"] = "full"
 # Variables renamed in this release, still read for one release: old name → new name.
 RENAMED_VARIABLES = {"VITRINE_GRADCAM_BUCKET": "VITRINE_OVERLAY_BUCKET"}
+# How a suggestion is made (`common.suggestions.model`).
+SuggestionMethod = Literal["centroid", "knn", "linear", "title", "fused"]
 
 
 class ConfigError(RuntimeError):
@@ -192,7 +194,7 @@ class SuggestionSettings(Group):
     review_audit_rate: float = Field(0.01, ge=0, le=1)
     # Chosen by `vitrine evaluate` on the Flipkart sample (README): fused is the most accurate and
     # the best calibrated; without a title it is the linear probe, itself ahead of knn.
-    suggestion_method: Literal["centroid", "knn", "linear", "title", "fused"] = "fused"
+    suggestion_method: SuggestionMethod = "fused"
     knn_neighbours: int = Field(15, ge=1, le=1000)
     # Temperature of the softmax over cosine similarities to the centroids.
     centroid_temperature: float = Field(0.05, gt=0, le=10)

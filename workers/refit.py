@@ -6,9 +6,9 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-from common.delivery.outbox import follow_up_refit, sweep
 from common.delivery.queues import REFIT_TASK, SWEEP_TASK
-from common.jobs.refit import refit
+from common.delivery.sweep import sweep
+from common.jobs.refit import follow_up_refit, refit
 from workers.app import app, runtime
 
 log = logging.getLogger(__name__)

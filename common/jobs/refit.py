@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -16,13 +16,17 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from common.db import Database
+from common.delivery.outbox import request_explanations
+from common.delivery.publisher import Publisher
 from common.moderation.labels import label_expression
+from common.object_store import STORAGE_ERRORS, ObjectStore
 from common.schema import ClusteringVersion, Embedding, Listing
 from common.settings import Settings
-from common.suggestions.corpus import current_version, iter_embeddings, newest_backbone_id
+from common.suggestions.clusters import Clusters, cluster_label_shares
+from common.suggestions.corpus import current_version, iter_embeddings, labelled_set, newest_backbone_id
 from common.suggestions.fitting import fit_suggestion_model
-from common.suggestions.model import SuggestionModel, cluster_label_shares
-from common.suggestions.rows import Lineage, labelled_set, reassign_suggestions
+from common.suggestions.model import SuggestionModel
+from common.suggestions.rows import Lineage, reassign_suggestions
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +37,20 @@ SKIPPED_RUNNING = "another refit is running"
 
 @dataclass(frozen=True)
 class RefitResult:
-    version_id: int | None
-    backbone_id: str | None
-    k: int
-    n_vectors: int
-    n_labelled: int
-    ari: float | None
-    nmi: float | None
-    stability_ari: float | None
-    fit_seconds: float
-    suggested: int
-    explain: list[int]  # listings whose new decision wants an overlay
-    superseded: list[str]  # object keys of overlays that no longer explain their decision
+    """What a refit did; a skipped one has only its reason (and the backbone, when known)."""
+
+    version_id: int | None = None
+    backbone_id: str | None = None
+    k: int = 0
+    n_vectors: int = 0
+    n_labelled: int = 0
+    ari: float | None = None
+    nmi: float | None = None
+    stability_ari: float | None = None
+    fit_seconds: float = 0.0
+    suggested: int = 0
+    explain: list[int] = field(default_factory=list)  # listings whose new decision wants an overlay
+    superseded: list[str] = field(default_factory=list)  # overlays that no longer explain their decision
     skipped_reason: str | None = None
 
 
@@ -113,7 +119,7 @@ def refit(
             version_id = make_current(
                 session, backbone_id, centroids, scores, n, fit_seconds, algorithm, model
             )
-            model.version_id = version_id
+            model.clusters.version_id = version_id
         # The switch is committed; now (re)assign suggestions in bounded chunks.
         suggested, explain, dropped = reassign_suggestions(db, settings, backbone_id, lineage, model)
     estimate = model.threshold
@@ -123,14 +129,24 @@ def refit(
         None if estimate is None else round(estimate.threshold, 4), fit_seconds,
     )  # fmt: skip
     return RefitResult(
-        version_id, backbone_id, k, n, scores.n_labelled, scores.ari, scores.nmi,
-        scores.stability_ari, fit_seconds, suggested, explain, dropped,
-    )  # fmt: skip
+        version_id=version_id,
+        backbone_id=backbone_id,
+        k=k,
+        n_vectors=n,
+        n_labelled=scores.n_labelled,
+        ari=scores.ari,
+        nmi=scores.nmi,
+        stability_ari=scores.stability_ari,
+        fit_seconds=fit_seconds,
+        suggested=suggested,
+        explain=explain,
+        superseded=dropped,
+    )
 
 
 def _skipped(reason: str, backbone_id: str | None = None) -> RefitResult:
     log.info("refit skipped: %s", reason)
-    return RefitResult(None, backbone_id, 0, 0, 0, None, None, None, 0.0, 0, [], [], reason)
+    return RefitResult(backbone_id=backbone_id, skipped_reason=reason)
 
 
 def version_age(session: Session, backbone_id: str) -> float | None:
@@ -224,7 +240,7 @@ def fit_suggestions(
     categories, shares, _summary = cluster_label_shares(scores.assigned, scores.labels, len(centroids))
     labelled = labelled_set(session, backbone_id, settings.refit.chunk, categories) if categories else None
     # The version id is known once the version row exists; `refit` sets it then.
-    return fit_suggestion_model(0, backbone_id, centroids, categories, shares, settings, labelled)
+    return fit_suggestion_model(Clusters(0, backbone_id, centroids, categories, shares), settings, labelled)
 
 
 def make_current(
@@ -271,3 +287,16 @@ def make_current(
     session.add(version)
     session.flush()
     return version.id
+
+
+def follow_up_refit(
+    db: Database, publisher: Publisher, store: ObjectStore, settings: Settings, result: RefitResult
+) -> None:
+    """After a refit: overlays for the decisions that changed, and the old ones deleted."""
+    request_explanations(db, publisher, result.explain, settings)
+    if result.superseded:
+        try:
+            deleted = store.delete_keys(settings.store.overlay_bucket, result.superseded)
+            log.info("deleted %d superseded overlay objects", deleted)
+        except STORAGE_ERRORS as error:
+            log.warning("superseded overlays not deleted: %s", error)

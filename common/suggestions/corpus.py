@@ -8,8 +8,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from common.db import keyset_chunks
 from common.moderation.labels import label_expression
 from common.schema import ClusteringVersion, Embedding, Listing
+from common.suggestions.scorers import LabelledSet
 
 
 def iter_embeddings(
@@ -17,21 +19,14 @@ def iter_embeddings(
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str | None]]]:
     """(listing ids, unit vectors, labels) in chunks, by keyset pagination: bounded memory."""
     label = label_expression().label("label")
-    last_id = 0
-    while True:
-        query = (
-            select(Embedding.id, Embedding.listing_id, Embedding.vector, label)
-            .join(Listing, Listing.id == Embedding.listing_id)
-            .where(Embedding.backbone_id == backbone_id, Embedding.id > last_id)
-            .order_by(Embedding.id)
-            .limit(chunk)
-        )
-        if labelled_only:
-            query = query.where(label.isnot(None))
-        rows = session.execute(query).all()
-        if not rows:
-            return
-        last_id = rows[-1][0]
+    query = (
+        select(Embedding.id, Embedding.listing_id, Embedding.vector, label)
+        .join(Listing, Listing.id == Embedding.listing_id)
+        .where(Embedding.backbone_id == backbone_id)
+    )
+    if labelled_only:
+        query = query.where(label.isnot(None))
+    for _session, rows in keyset_chunks(session, query, Embedding.id, chunk):
         yield (
             np.array([r[1] for r in rows], dtype=np.int64),
             np.stack([r[2] for r in rows]).astype(np.float32),
@@ -55,3 +50,45 @@ def current_version(session: Session, backbone_id: str) -> ClusteringVersion | N
             ClusteringVersion.backbone_id == backbone_id, ClusteringVersion.is_current
         )
     ).scalar_one_or_none()
+
+
+KNN_REFERENCE_LIMIT = 50_000
+
+
+def labelled_set(
+    session: Session, backbone_id: str, chunk: int, categories: list[str], limit: int = KNN_REFERENCE_LIMIT
+) -> LabelledSet:
+    """The labelled listings (at most `limit`) with their vectors, category indices and titles.
+
+    Labels outside `categories` (newer than the clustering version) wait for the next refit.
+    """
+    index = {c: i for i, c in enumerate(categories)}
+    ids: list[np.ndarray] = []
+    vectors: list[np.ndarray] = []
+    labels: list[int] = []
+    titles: list[str | None] = []
+    for chunk_ids, chunk_vectors, chunk_labels in iter_embeddings(
+        session, backbone_id, chunk, labelled_only=True
+    ):
+        ids.append(chunk_ids)
+        vectors.append(chunk_vectors)
+        labels.extend(index.get(label, -1) if label is not None else -1 for label in chunk_labels)
+        known: dict[int, str | None] = {
+            listing_id: title
+            for listing_id, title in session.execute(
+                select(Listing.id, Listing.title).where(Listing.id.in_(chunk_ids.tolist()))
+            )
+        }
+        titles.extend(known.get(int(i)) for i in chunk_ids)
+        if len(labels) >= limit:
+            break
+    if not ids:
+        empty = np.zeros(0, dtype=np.int64)
+        return LabelledSet(empty, np.zeros((0, 0), dtype=np.float32), empty, [])
+    keep = np.array(labels[:limit], dtype=np.int64) >= 0
+    return LabelledSet(
+        np.concatenate(ids)[:limit][keep],
+        np.concatenate(vectors)[:limit][keep],
+        np.array(labels[:limit], dtype=np.int64)[keep],
+        [title for title, kept in zip(titles[:limit], keep, strict=True) if kept],
+    )

@@ -13,25 +13,23 @@ from typing import Any
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss, precision_recall_curve
+from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import FeatureUnion, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from common.settings import Settings
-from common.suggestions.model import (
-    ACCEPT_NONE,
-    FOLDS,
-    FUSION_WEIGHTS,
-    MIN_TITLES,
-    THRESHOLD_SAMPLE,
-    Fitted,
-    LabelledSet,
-    SuggestionModel,
-    ThresholdEstimate,
-    fuse,
-    model_for_clusters,
-)
+from common.suggestions.clusters import Clusters
+from common.suggestions.model import Fitted, SuggestionModel, fuse, model_for_clusters
+from common.suggestions.policy import threshold_from_probabilities, threshold_sample
+from common.suggestions.scorers import LabelledSet, has_title
+
+# Folds of the cross-validation that gives out-of-fold probabilities (threshold, fusion weights).
+FOLDS = 5
+# Fusion weights are searched on this grid (a for the image, b for the title).
+FUSION_WEIGHTS = tuple(w / 4 for w in range(0, 13))
+# A title model needs at least this many labelled titles per fold to be worth fitting.
+MIN_TITLES = 2 * FOLDS
 
 
 def linear_probe() -> Any:
@@ -96,56 +94,15 @@ def fit_fusion(image: np.ndarray, title: np.ndarray, labels: np.ndarray) -> tupl
     return best
 
 
-def estimate_threshold(
-    confidence: np.ndarray, correct: np.ndarray, target_precision: float
-) -> ThresholdEstimate:
-    """The lowest confidence at which accepted suggestions are still right often enough.
-
-    `confidence`, `correct`: out-of-fold suggestions for labelled listings. Precision at a
-    threshold t is the share right among those with confidence ≥ t; the threshold is the lowest
-    t (the largest coverage) whose precision reaches the target, and the coverage is the share
-    with confidence ≥ t. Lowest rather than "every higher t too": a handful of confidently wrong
-    labels (sellers' mistakes) among the most confident would otherwise accept almost nothing.
-    """
-    n = len(confidence)
-    if n == 0 or not correct.any():
-        return ThresholdEstimate(target_precision, ACCEPT_NONE, None, 0.0, n)
-    precision, _recall, thresholds = precision_recall_curve(correct.astype(int), confidence)
-    precision = precision[:-1]  # the last point is the empty set by convention
-    ok = np.flatnonzero(precision >= target_precision)
-    if not len(ok):
-        return ThresholdEstimate(target_precision, ACCEPT_NONE, None, 0.0, n)
-    i = int(ok[0])
-    threshold = float(thresholds[i])
-    accepted = confidence >= threshold
-    return ThresholdEstimate(
-        target_precision, threshold, float(correct[accepted].mean()), float(accepted.mean()), n
-    )
-
-
 def fit_suggestion_model(
-    version_id: int,
-    backbone_id: str,
-    centroids: np.ndarray,
-    categories: list[str],
-    cluster_shares: np.ndarray,
-    settings: Settings,
-    labelled: LabelledSet | None = None,
+    clusters: Clusters, settings: Settings, labelled: LabelledSet | None = None
 ) -> SuggestionModel:
     """Fit the configured method on the labelled listings and estimate its threshold.
 
     The refit and the study both call this, so the study measures exactly what runs.
     """
-    model = model_for_clusters(
-        version_id,
-        backbone_id,
-        centroids,
-        categories,
-        cluster_shares,
-        settings,
-        labelled,
-        Fitted(settings.suggestions.suggestion_method),
-    )
+    categories = clusters.categories
+    model = model_for_clusters(clusters, settings, labelled, Fitted(settings.suggestions.suggestion_method))
     if labelled is None or not len(labelled.labels) or not categories:
         return model
     fitted = model.fitted
@@ -162,7 +119,7 @@ def fit_suggestion_model(
                 linear_probe(), labelled.vectors, labelled.labels, n_categories, seed
             )
     if method in ("title", "fused"):
-        has = np.array([bool(t and t.strip()) for t in labelled.titles], dtype=bool)
+        has = has_title(labelled.titles)
         title_p = np.full((len(labelled.labels), n_categories), np.nan)
         titled = labelled.labels[has]
         if has.sum() >= MIN_TITLES and len(np.unique(titled)) >= 2:
@@ -195,20 +152,3 @@ def fit_suggestion_model(
         probs[rows], labels[rows], settings.suggestions.target_precision
     )
     return model
-
-
-def threshold_sample(n: int, seed: int) -> np.ndarray:
-    """At most THRESHOLD_SAMPLE of n rows, at random (fixed seed), in order."""
-    if n <= THRESHOLD_SAMPLE:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, THRESHOLD_SAMPLE, replace=False))
-
-
-def threshold_from_probabilities(
-    probs: np.ndarray, labels: np.ndarray, target_precision: float
-) -> ThresholdEstimate:
-    """`estimate_threshold` on out-of-fold probabilities against the labels."""
-    has_opinion = probs.max(axis=1) > 0
-    confidence = np.where(has_opinion, probs.max(axis=1), 0.0)
-    correct = has_opinion & (np.argmax(probs, axis=1) == labels)
-    return estimate_threshold(confidence, correct, target_precision)

@@ -1,13 +1,13 @@
-"""Suggestion rows: the suggestion model of a clustering version, writing suggestions, what gets explained.
+"""Suggestion rows: the suggestion model of a clustering version read back, suggestions written.
 
-The scoring itself is `common.suggestions.model` (no database); this module is where it meets Postgres.
+The scoring is `common.suggestions.model` and the policy `common.suggestions.policy` (no
+database in either); this module is where they meet Postgres.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -15,86 +15,16 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from common.db import Database
+from common.db import Database, keyset_chunks
 from common.schema import ClusteringVersion, Embedding, Listing, ListingStatus, Suggestion
 from common.settings import Settings
-from common.suggestions.corpus import current_version, iter_embeddings
-from common.suggestions.model import Fitted, LabelledSet, SuggestionModel, model_for_clusters
-from common.suggestions.sampling import stable_fraction
+from common.suggestions.clusters import Clusters
+from common.suggestions.corpus import current_version, labelled_set
+from common.suggestions.model import Fitted, SuggestionModel, model_for_clusters
+from common.suggestions.policy import SuggestionRow, explanation_wanted, review_reason
 
-KNN_REFERENCE_LIMIT = 50_000
 # Postgres accepts at most 65,535 bind parameters per statement; 1,000 rows stay well below.
 UPSERT_ROWS = 1_000
-
-
-class ReviewReason(StrEnum):
-    """Why a suggestion waits for a moderator, in the order they are checked."""
-
-    low_confidence = "low_confidence"  # no category, or below the confidence threshold
-    seller_disagrees = "seller_disagrees"  # confident, but not what the seller chose
-    audit_sample = "audit_sample"  # confident and agreed, picked to measure confident errors
-
-
-# The threshold when a clustering version has no estimate (made before estimates, or with too few
-# labelled listings) and none is configured.
-DEFAULT_CONFIDENCE_THRESHOLD = 0.6
-
-
-def acceptance_threshold(model: SuggestionModel, settings: Settings) -> float:
-    """The configured override, else the version's estimate for the target precision, else the default."""
-    if settings.suggestions.confidence_threshold is not None:
-        return settings.suggestions.confidence_threshold
-    if model.threshold is not None:
-        return model.threshold.threshold
-    return DEFAULT_CONFIDENCE_THRESHOLD
-
-
-def disagreement_threshold(threshold: float) -> float:
-    """The confidence at which an out-of-fold suggestion that contradicts the seller is flagged.
-
-    The acceptance threshold, but never above the default: the threshold is estimated against
-    the sellers' own labels, and their wrong ones cap the precision it can show, so the more
-    sellers err the higher it climbs (or no threshold reaches the target at all), which would
-    silence exactly the flags that catch them.
-    """
-    return min(threshold, DEFAULT_CONFIDENCE_THRESHOLD)
-
-
-def review_reason(
-    listing_id: int,
-    category: str | None,
-    confidence: float,
-    seller_category: str | None,
-    settings: Settings,
-    threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
-) -> ReviewReason | None:
-    """Why this suggestion goes to a moderator, or None when it is accepted without one.
-
-    The suggestion of a labelled listing is out of fold (it never learnt from its own label), so
-    a confident one that differs from the seller's category is evidence the seller chose wrong.
-    """
-    if category is None:
-        return ReviewReason.low_confidence
-    disagrees = seller_category is not None and seller_category != category
-    if disagrees and confidence >= disagreement_threshold(threshold):
-        return ReviewReason.seller_disagrees
-    if confidence < threshold:
-        return ReviewReason.low_confidence
-    # Salted, so that the audited listings are not the ones sampled for overlays.
-    if stable_fraction(f"audit:{listing_id}") < settings.suggestions.review_audit_rate:
-        return ReviewReason.audit_sample
-    return None
-
-
-@dataclass(frozen=True)
-class SuggestionRow:
-    listing_id: int
-    category: str | None
-    confidence: float
-    needs_review: bool
-    # The decision is the one its stored overlay explains (same category, same or matching
-    # cluster): nothing to explain again.
-    explanation_kept: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,74 +39,12 @@ class Lineage:
     clusters: dict[int, int]
 
 
-def explanation_wanted(rows: Iterable[SuggestionRow], sample_rate: float) -> list[int]:
-    """Listings whose suggestion needs a new Grad-CAM overlay: every flagged one, and a stable
-    sample of the confident ones so that auditors can see what confident decisions look at;
-    none whose decision is unchanged since its overlay was made."""
-    return sorted(
-        row.listing_id
-        for row in rows
-        if not row.explanation_kept
-        and (row.needs_review or (sample_rate > 0 and stable_fraction(row.listing_id) < sample_rate))
-    )
-
-
-def labelled_set(
-    session: Session, backbone_id: str, chunk: int, categories: list[str], limit: int = KNN_REFERENCE_LIMIT
-) -> LabelledSet:
-    """The labelled listings (at most `limit`) with their vectors, category indices and titles.
-
-    Labels outside `categories` (newer than the clustering version) wait for the next refit.
-    """
-    index = {c: i for i, c in enumerate(categories)}
-    ids: list[np.ndarray] = []
-    vectors: list[np.ndarray] = []
-    labels: list[int] = []
-    titles: list[str | None] = []
-    for chunk_ids, chunk_vectors, chunk_labels in iter_embeddings(
-        session, backbone_id, chunk, labelled_only=True
-    ):
-        ids.append(chunk_ids)
-        vectors.append(chunk_vectors)
-        labels.extend(index.get(label, -1) if label is not None else -1 for label in chunk_labels)
-        known: dict[int, str | None] = {
-            listing_id: title
-            for listing_id, title in session.execute(
-                select(Listing.id, Listing.title).where(Listing.id.in_(chunk_ids.tolist()))
-            )
-        }
-        titles.extend(known.get(int(i)) for i in chunk_ids)
-        if len(labels) >= limit:
-            break
-    if not ids:
-        empty = np.zeros(0, dtype=np.int64)
-        return LabelledSet(empty, np.zeros((0, 0), dtype=np.float32), empty, [])
-    keep = np.array(labels[:limit], dtype=np.int64) >= 0
-    return LabelledSet(
-        np.concatenate(ids)[:limit][keep],
-        np.concatenate(vectors)[:limit][keep],
-        np.array(labels[:limit], dtype=np.int64)[keep],
-        [title for title, kept in zip(titles[:limit], keep, strict=True) if kept],
-    )
-
-
-def version_categories(version: ClusteringVersion) -> tuple[list[str], np.ndarray]:
-    """The version's categories and each cluster's category shares, from its stored counts."""
-    categories = sorted({c for cluster in version.cluster_categories for c in cluster["counts"]})
-    index = {c: i for i, c in enumerate(categories)}
-    shares = np.zeros((version.k, len(categories)))
-    for i, cluster in enumerate(version.cluster_categories):
-        total = sum(cluster["counts"].values())
-        for category, n in cluster["counts"].items():
-            shares[i, index[category]] = n / total
-    return categories, shares
-
-
 def build_suggestion_model(
     session: Session, version: ClusteringVersion, settings: Settings
 ) -> SuggestionModel:
     """The model the refit fitted for this version; the knn reference read back from Postgres."""
-    categories, shares = version_categories(version)
+    clusters = Clusters.of_version(version)
+    categories = clusters.categories
     fitted = Fitted.loads(version.suggestion_model) if version.suggestion_model is not None else None
     method = fitted.method if fitted is not None else settings.suggestions.suggestion_method
     reference = None
@@ -185,16 +53,7 @@ def build_suggestion_model(
         method == "knn" or (method in ("linear", "fused") and (fitted is None or fitted.image is None))
     ):
         reference = labelled_set(session, version.backbone_id, settings.refit.chunk, categories)
-    return model_for_clusters(
-        version.id,
-        version.backbone_id,
-        version.centroid_matrix(),
-        categories,
-        shares,
-        settings,
-        reference,
-        fitted,
-    )
+    return model_for_clusters(clusters, settings, reference, fitted)
 
 
 def load_suggestion_model(
@@ -261,7 +120,7 @@ def upsert_suggestions(
         )
     }
     rows, results = [], []
-    threshold = acceptance_threshold(model, settings)
+    threshold = model.acceptance_threshold(settings)
     scores = model.score(vectors, [titles.get(i) for i in ids], ids)
     for listing_id, scored in zip(ids, scores, strict=True):
         if listing_id in reviewed:
@@ -352,29 +211,22 @@ def reassign_suggestions(
                 return 0, [], []
             model = build_suggestion_model(session, version, settings)
     total, explain, dropped = 0, list[int](), list[str]()
-    last_id = 0
-    while True:
-        with db.transaction() as session:
-            rows = session.execute(
-                select(Embedding.id, Embedding.listing_id, Embedding.vector)
-                .where(Embedding.backbone_id == backbone_id, Embedding.id > last_id)
-                .order_by(Embedding.id)
-                .limit(settings.refit.chunk)
-            ).all()
-            if not rows:
-                return total, explain, dropped
-            last_id = rows[-1][0]
-            overlays = {
-                listing_id: [key for key in keys if key]
-                for listing_id, *keys in session.execute(
-                    select(Suggestion.listing_id, Suggestion.overlay_key, Suggestion.heatmap_key).where(
-                        Suggestion.listing_id.in_([r[1] for r in rows]), Suggestion.overlay_key.is_not(None)
-                    )
+    embedded = select(Embedding.id, Embedding.listing_id, Embedding.vector).where(
+        Embedding.backbone_id == backbone_id
+    )
+    for session, rows in keyset_chunks(db, embedded, Embedding.id, settings.refit.chunk):
+        overlays = {
+            listing_id: [key for key in keys if key]
+            for listing_id, *keys in session.execute(
+                select(Suggestion.listing_id, Suggestion.overlay_key, Suggestion.heatmap_key).where(
+                    Suggestion.listing_id.in_([r[1] for r in rows]), Suggestion.overlay_key.is_not(None)
                 )
-            }
-            written = upsert_suggestions(
-                session, model, [r[1] for r in rows], np.stack([r[2] for r in rows]), settings, lineage
             )
+        }
+        written = upsert_suggestions(
+            session, model, [r[1] for r in rows], np.stack([r[2] for r in rows]), settings, lineage
+        )
         total += len(written)
         explain += explanation_wanted(written, settings.explain.sample_rate)
         dropped += [key for r in written if not r.explanation_kept for key in overlays.get(r.listing_id, [])]
+    return total, explain, dropped

@@ -11,8 +11,9 @@ import numpy as np
 import redis
 from sqlalchemy import func, select, update
 
-from common.delivery.outbox import SweepResult, request_explanations, sweep
+from common.delivery.outbox import request_explanations
 from common.delivery.queues import EMBED_QUEUE, EXPLAIN_QUEUE
+from common.delivery.sweep import SweepResult, sweep
 from common.listings.events import publish_listing
 from common.runtime import Runtime
 from common.schema import ClusteringVersion, Listing, ListingStatus, Suggestion

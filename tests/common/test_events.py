@@ -9,8 +9,8 @@ import redis
 from pydantic import ValidationError
 from sqlalchemy import func, select, update
 
-from common.delivery.outbox import sweep
 from common.delivery.queues import EMBED_QUEUE, EXPLAIN_QUEUE, REFIT_QUEUE, REFIT_TASK
+from common.delivery.sweep import sweep
 from common.listings.events import ListingEvent, ListingRefused, publish_listing, publish_listings, refusal
 from common.runtime import Runtime
 from common.schema import Listing, ListingStatus

@@ -13,10 +13,9 @@ from PIL import Image
 from sqlalchemy import select, update
 
 from common.db import Database
-from common.delivery.outbox import follow_up_refit
 from common.delivery.queues import EXPLAIN_QUEUE
 from common.jobs.explain import explain_listings, object_keys, retry_delay
-from common.jobs.refit import refit
+from common.jobs.refit import follow_up_refit, refit
 from common.object_store import ObjectStore, overlay_url
 from common.runtime import Runtime
 from common.schema import Listing, Suggestion

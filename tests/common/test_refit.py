@@ -18,7 +18,7 @@ from common.schema import (
 )
 from common.settings import Settings
 from common.suggestions.corpus import iter_embeddings
-from common.suggestions.rows import ReviewReason
+from common.suggestions.policy import ReviewReason
 
 BACKBONE = "efficientnet_lite0@synthetic"
 CATEGORIES = ("bags", "lamps", "shoes")
@@ -303,22 +303,22 @@ def test_refit_suggests_for_more_listings_than_one_statement_can_carry(
 
 
 def test_knn_scoring_in_blocks_matches_scoring_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.suggestions import model as suggest
+    from common.suggestions import scorers
+    from common.suggestions.clusters import Clusters
+    from common.suggestions.model import SuggestionModel
 
     vectors, truth = blobs(50)
     index = {c: i for i, c in enumerate(CATEGORIES)}
-    model = suggest.SuggestionModel(
-        version_id=1,
-        backbone_id=BACKBONE,
-        centroids=np.eye(3, DIM, dtype=np.float32),
-        categories=list(CATEGORIES),
-        cluster_shares=np.eye(3),
+    reference = scorers.LabelledSet(
+        np.arange(0, len(vectors), 2), vectors[::2], np.array([index[c] for c in truth[::2]]), []
+    )
+    model = SuggestionModel(
+        Clusters(1, BACKBONE, np.eye(3, DIM, dtype=np.float32), list(CATEGORIES), np.eye(3)),
         method="knn",
-        reference_vectors=vectors[::2],
-        reference_labels=np.array([index[c] for c in truth[::2]]),
+        reference=reference,
     )
     at_once = model.category_probabilities(vectors)
-    monkeypatch.setattr(suggest, "KNN_BLOCK_ENTRIES", 7 * len(model.reference_vectors))
+    monkeypatch.setattr(scorers, "KNN_BLOCK_ENTRIES", 7 * len(reference.vectors))
     in_blocks = model.category_probabilities(vectors)
     assert np.allclose(at_once, in_blocks)
     assert np.allclose(in_blocks.sum(axis=1), 1.0)

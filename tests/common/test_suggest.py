@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 
 from common.settings import Settings
-from common.suggestions.fitting import estimate_threshold, fit_suggestion_model
-from common.suggestions.model import ACCEPT_NONE, Fitted, LabelledSet, fuse
-from common.suggestions.rows import ReviewReason, review_reason
+from common.suggestions.clusters import Clusters
+from common.suggestions.fitting import fit_suggestion_model
+from common.suggestions.model import Fitted, fuse
+from common.suggestions.policy import ACCEPT_NONE, ReviewReason, estimate_threshold, review_reason
+from common.suggestions.scorers import LabelledSet
+
+
+def clusters() -> Clusters:
+    """One cluster per category, along the first three axes."""
+    return Clusters(1, "b@x", np.eye(3, DIM, dtype=np.float32), list(CATEGORIES), np.eye(3))
+
 
 CATEGORIES = ["bags", "lamps", "shoes"]
 DIM = 6
@@ -37,13 +45,11 @@ def listings(
 
 def fitted_model(settings: Settings, method: str, per_category: int = 40, titles: bool = True, seed: int = 0):  # type: ignore[no-untyped-def]
     vectors, labels, names = listings(per_category, seed)
-    centroids = np.eye(3, DIM, dtype=np.float32)
-    shares = np.eye(3)
     labelled = LabelledSet(
         np.arange(100, 100 + len(labels)), vectors, labels, list(names) if titles else [None] * len(labels)
     )
     settings = settings.replace(suggestion_method=method)
-    return fit_suggestion_model(1, "b@x", centroids, CATEGORIES, shares, settings, labelled), labelled
+    return fit_suggestion_model(clusters(), settings, labelled), labelled
 
 
 def test_threshold_is_the_lowest_confidence_that_keeps_the_target_precision() -> None:
@@ -80,7 +86,7 @@ def test_knn_leaves_each_labelled_listing_out_of_its_own_vote(settings: Settings
     own_share_with = with_self[0, labelled.labels[0]]
     assert out_of_own[0, labelled.labels[0]] < own_share_with
     # Exactly the listing's own weight is gone: k others vote instead.
-    assert model.reference_ids is not None and len(model.reference_ids) == len(labelled.labels)
+    assert model.reference is not None and len(model.reference.listing_ids) == len(labelled.labels)
 
 
 def test_a_wrong_seller_label_is_contradicted_out_of_fold_by_every_fitted_method(settings: Settings) -> None:
@@ -89,10 +95,7 @@ def test_a_wrong_seller_label_is_contradicted_out_of_fold_by_every_fitted_method
         labels = labels.copy()
         labels[0] = 2  # a bag the seller called shoes
         labelled = LabelledSet(np.arange(len(labels)), vectors, labels, titles)
-        model = fit_suggestion_model(
-            1, "b@x", np.eye(3, DIM, dtype=np.float32), CATEGORIES, np.eye(3),
-            settings.replace(suggestion_method=method), labelled,
-        )  # fmt: skip
+        model = fit_suggestion_model(clusters(), settings.replace(suggestion_method=method), labelled)
         scored = model.score(vectors[:1], titles[:1], [0])[0]
         assert scored.category == "bags", method
 
@@ -190,10 +193,7 @@ def test_a_confident_contradiction_of_the_seller_is_flagged_and_a_doubtful_one_i
 def test_fused_with_a_single_labelled_category_falls_back_to_the_photo(settings: Settings) -> None:
     vectors, _labels, titles = listings(10)
     labelled = LabelledSet(np.arange(len(vectors)), vectors, np.zeros(len(vectors), dtype=np.int64), titles)
-    model = fit_suggestion_model(
-        1, "b@x", np.eye(3, DIM, dtype=np.float32), CATEGORIES, np.eye(3),
-        settings.replace(suggestion_method="fused"), labelled,
-    )  # fmt: skip
+    model = fit_suggestion_model(clusters(), settings.replace(suggestion_method="fused"), labelled)
     assert model.fitted is not None and model.fitted.image is None and model.fitted.fusion is None
     scored = model.score(vectors[:2], titles[:2], [0, 1])
     assert [s.category for s in scored] == ["bags", "bags"] and set(scored[0].signals) == {"image"}

@@ -76,8 +76,7 @@ def worker(
 @app.command()
 def refit(ctx: typer.Context, k: Annotated[int | None, typer.Option(min=2)] = None) -> None:
     """Refit the clusters now (the same function the periodic task runs)."""
-    from common.delivery.outbox import follow_up_refit
-    from common.jobs.refit import SKIPPED_RUNNING
+    from common.jobs.refit import SKIPPED_RUNNING, follow_up_refit
     from common.jobs.refit import refit as run_refit
 
     runtime = state(ctx).runtime

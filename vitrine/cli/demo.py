@@ -12,8 +12,7 @@ import typer
 from rich.progress import Progress
 from sqlalchemy.engine import make_url
 
-from common.delivery.outbox import follow_up_refit
-from common.jobs.refit import RefitResult, refit
+from common.jobs.refit import RefitResult, follow_up_refit, refit
 from common.runtime import Runtime
 from common.settings import Settings
 from vitrine.cli import app, console, state

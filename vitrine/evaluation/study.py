@@ -25,16 +25,17 @@ from sklearn.model_selection import train_test_split
 from common.photos.decode import LoadedImage, decode_image
 from common.photos.failures import FailureReason, ImageRejected
 from common.settings import Settings
+from common.suggestions.clusters import Clusters, cluster_label_shares
 from common.suggestions.fitting import fit_suggestion_model
-from common.suggestions.model import LabelledSet, SuggestionModel, cluster_label_shares
-from common.suggestions.rows import ReviewReason, acceptance_threshold, review_reason
+from common.suggestions.model import METHODS, SuggestionModel
+from common.suggestions.policy import ReviewReason, review_reason
+from common.suggestions.scorers import LabelledSet
 from common.vision.backbone import Backbone, resolve_device, resolve_precision
 from common.vision.batch import embed_prepared, prepare_batch
 from vitrine.evaluation import report as figures
 from vitrine.evaluation.report import THUMBNAIL_SIZE, write_html
 
 REDUCTIONS = ("none", "pca", "tsne")
-METHODS = ("centroid", "knn", "linear", "title", "fused")
 CROPS = ("center", "full")
 # Shares of the labelled half given a wrong category, to measure how sellers' mistakes are caught.
 NOISE_SHARES = (0.1, 0.2)
@@ -287,7 +288,7 @@ def suggestion_model(
         [titles[int(i)] for i in known] if titles is not None else [None] * len(known),
     )
     seeded = settings.replace(refit_seed=seed)
-    return fit_suggestion_model(0, "evaluation", centroids, categories, shares, seeded, labelled)
+    return fit_suggestion_model(Clusters(0, "evaluation", centroids, categories, shares), seeded, labelled)
 
 
 def calibration(confidence: np.ndarray, correct: np.ndarray) -> dict[str, Any]:
@@ -428,7 +429,7 @@ def seller_noise(
     for i in labelled:
         known[i] = noisy[i]
     model = suggestion_model(features, known, k, settings, seed, titles)
-    threshold = acceptance_threshold(model, settings)
+    threshold = model.acceptance_threshold(settings)
     on_labelled = model.score(
         features[labelled], [titles[i] for i in labelled] if titles is not None else None, labelled
     )
