@@ -24,8 +24,8 @@ from celery import Celery
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
-from kombu.exceptions import KombuError
 
+from common.delivery.publisher import BROKER_ERRORS
 from workers.app import runtime
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 # kombu's Redis transport: the sorted set of delivered, unacknowledged messages, scored by
 # delivery time; a message whose score is older than the visibility time-out is put back.
 UNACKED_INDEX_KEY = "unacked_index"
-BROKER_ERRORS: tuple[type[Exception], ...] = (OSError, redis.RedisError, KombuError)
 
 
 class HeldMessages:

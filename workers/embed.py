@@ -11,12 +11,13 @@ from celery_batches import SimpleRequest
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.delivery.outbox import request_explanations, send_listings
-from common.delivery.queues import EMBED_QUEUE, EMBED_TASK
+from common.delivery.publisher import BROKER_ERRORS
+from common.delivery.queues import EMBED_QUEUE, EMBED_TASK, RETRY_KWARG
 from common.jobs.embed import BatchReport, EmbedPipeline
 from common.settings import ConfigError
 from common.vision.backbone import Backbone, check_device
 from workers.app import app, runtime
-from workers.batching import BROKER_ERRORS, BatchFailed, ReliableBatches, batch_events
+from workers.batching import BatchFailed, ReliableBatches, batch_events
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def check_embed_settings(sender: object = None, **_: object) -> None:
 @app.task(name=EMBED_TASK, base=ReliableBatches, acks_late=True)
 def embed_listings(requests: list[SimpleRequest]) -> BatchFailed | None:
     listing_ids = [int(request.args[0]) for request in requests]
-    retries = {int(request.args[0]): int(request.kwargs.get("retry", 0)) for request in requests}
+    retries = {int(request.args[0]): int(request.kwargs.get(RETRY_KWARG, 0)) for request in requests}
     try:
         with batch_events(app, requests):
             report = pipeline().run(listing_ids, retries)

@@ -12,11 +12,12 @@ from celery_batches import SimpleRequest
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.db import until_available
-from common.delivery.queues import EXPLAIN_TASK
-from common.jobs.explain import ExplainReport, explain_listings, record_explain_errors, retry_delay
+from common.delivery.publisher import BROKER_ERRORS
+from common.delivery.queues import EXPLAIN_TASK, RETRY_KWARG, retry_delay
+from common.jobs.explain import ExplainReport, explain_listings, record_explain_errors
 from common.vision.backbone import Backbone
 from workers.app import app, runtime
-from workers.batching import BROKER_ERRORS, ExplainBatches, batch_events
+from workers.batching import ExplainBatches, batch_events
 
 log = logging.getLogger(__name__)
 
@@ -45,32 +46,35 @@ def backbone() -> Backbone:
 @app.task(name=EXPLAIN_TASK, base=ExplainBatches, acks_late=True)
 def explain_batch(requests: list[SimpleRequest]) -> None:
     rt = runtime()
-    attempts: dict[int, int] = {}
+    retries: dict[int, int] = {}
     for request in requests:
         listing_id = int(request.args[0])
-        attempts[listing_id] = max(attempts.get(listing_id, 0), int(request.kwargs.get("attempt", 0)))
+        # `attempt`: the keyword's name before this release, in messages still queued.
+        tried = int(request.kwargs.get(RETRY_KWARG, request.kwargs.get("attempt", 0)))
+        retries[listing_id] = max(retries.get(listing_id, 0), tried)
     report: ExplainReport | None = None
     try:
         with batch_events(app, requests):
-            report = explain_listings(rt.db, sorted(attempts), rt.settings, backbone(), rt.store)
+            report = explain_listings(rt.db, sorted(retries), rt.settings, backbone(), rt.store)
         retry = report.retry
         give_up = f"storage_unavailable: gave up after {rt.settings.embed.max_attempts} tries"
     except Exception as error:
         # A bug of ours, not the photos': every listing of the batch is tried again, within the cap.
         log.exception("explain batch of %d failed", len(requests))
-        retry = list(attempts)
+        retry = list(retries)
         give_up = f"internal_error: {type(error).__name__}: {error}"
     errors: dict[int, str] = {}
     # Batches cannot retry single requests; a delayed copy of the message is the retry, and the
     # original is acknowledged. Suggestions never wait for this: they are already committed.
-    gave_up = [i for i in retry if attempts[i] + 1 > rt.settings.embed.max_attempts]
+    gave_up = [i for i in retry if retries[i] + 1 > rt.settings.embed.max_attempts]
     for listing_id in retry:
         if listing_id in gave_up:
             errors[listing_id] = give_up
             continue
-        attempt = attempts[listing_id] + 1
         try:
-            rt.publisher.explain([listing_id], attempt=attempt, countdown=retry_delay(attempt))
+            rt.publisher.explain(
+                [listing_id], retry=retries[listing_id] + 1, countdown=retry_delay(retries[listing_id])
+            )
         except BROKER_ERRORS as error:
             log.warning("retry of overlay %s not sent (%s); the sweep will ask again", listing_id, error)
     if errors:

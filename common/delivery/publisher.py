@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import cached_property
 
 import kombu.exceptions
 import redis
 from celery import Celery
 
-from common.delivery.queues import EMBED_QUEUE, EMBED_TASK, EXPLAIN_QUEUE, EXPLAIN_TASK, declarations, routes
+from common.delivery.queues import (
+    EMBED_QUEUE,
+    EMBED_TASK,
+    EXPLAIN_QUEUE,
+    EXPLAIN_TASK,
+    RETRY_KWARG,
+    declarations,
+    routes,
+)
 from common.settings import Settings
 
 # kombu's Redis transport keeps one list per priority step: `name`, then `name\x06\x16{step}`.
@@ -44,6 +52,17 @@ def queue_lists(queue: str) -> list[str]:
     return [queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}" for step in KOMBU_PRIORITY_STEPS]
 
 
+def queue_depths(client: redis.Redis, queues: Sequence[str]) -> dict[str, int]:
+    """Messages waiting in each queue (all priority steps of kombu's Redis lists), in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        for name in queue_lists(queue):
+            pipe.llen(name)
+    lengths = pipe.execute()
+    steps = len(KOMBU_PRIORITY_STEPS)
+    return {queue: int(sum(lengths[i * steps : (i + 1) * steps])) for i, queue in enumerate(queues)}
+
+
 class Publisher:
     """Puts listing ids on the `embed` and `explain` queues, and answers questions about them."""
 
@@ -60,7 +79,7 @@ class Publisher:
         return redis.Redis.from_url(self.app.conf.broker_url, socket_connect_timeout=5, socket_timeout=10)
 
     def embed(self, listing_ids: Iterable[int], *, retry: int = 0, countdown: float | None = None) -> None:
-        kwargs = {"retry": retry} if retry else {}
+        kwargs = {RETRY_KWARG: retry} if retry else {}
         # One producer for the whole list, and its Redis commands sent in pipelined round trips
         # (kombu's publish batch) rather than one round trip per message and per sent-event.
         with self.app.producer_or_acquire() as producer, producer.batch(PUBLISH_BATCH):
@@ -74,11 +93,9 @@ class Publisher:
                     producer=producer,
                 )
 
-    def explain(
-        self, listing_ids: Iterable[int], *, attempt: int = 0, countdown: float | None = None
-    ) -> None:
-        """Ask for Grad-CAM overlays; `attempt` > 0 marks a retry, sent after `countdown` seconds."""
-        kwargs = {"attempt": attempt} if attempt else {}
+    def explain(self, listing_ids: Iterable[int], *, retry: int = 0, countdown: float | None = None) -> None:
+        """Ask for Grad-CAM overlays; `retry` > 0 marks a retry, sent after `countdown` seconds."""
+        kwargs = {RETRY_KWARG: retry} if retry else {}
         with self.app.producer_or_acquire() as producer, producer.batch(PUBLISH_BATCH):
             for listing_id in listing_ids:
                 self.app.send_task(
@@ -91,10 +108,7 @@ class Publisher:
                 )
 
     def queue_depth(self, queue: str) -> int:
-        pipe = self.redis.pipeline(transaction=False)
-        for name in queue_lists(queue):
-            pipe.llen(name)
-        return int(sum(pipe.execute()))
+        return queue_depths(self.redis, [queue])[queue]
 
     def broker_identity(self) -> str:
         """The Redis server's run id: a new one each time the server starts."""

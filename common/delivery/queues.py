@@ -13,6 +13,15 @@ EMBED_TASK = "vitrine.embed_listings"
 EXPLAIN_TASK = "vitrine.explain_listings"
 REFIT_TASK = "vitrine.refit"
 SWEEP_TASK = "vitrine.sweep_stale"
+# A retried message carries how many times its work was tried before, as the keyword `retry`.
+RETRY_KWARG = "retry"
+RETRY_BASE_SECONDS = 5.0
+RETRY_MAX_SECONDS = 300.0
+
+
+def retry_delay(retries: int) -> float:
+    """Backoff before the (retries + 1)-th try of a message's work: 5 s, 10 s, 20 s ... at most 5 min."""
+    return min(RETRY_BASE_SECONDS * 2**retries, RETRY_MAX_SECONDS)
 
 
 def declarations() -> list[Queue]:

@@ -27,6 +27,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from common.db import Database, until_available
+from common.delivery.queues import retry_delay
 from common.object_store import ObjectStore
 from common.photos.failures import FailureReason, Fault, ImageRejected
 from common.photos.fetch import fetch_image_bytes, http_client
@@ -38,14 +39,6 @@ from common.vision.backbone import Backbone
 from common.vision.batch import Prepared, embed_prepared, prepare_batch
 
 log = logging.getLogger(__name__)
-
-RETRY_BASE_SECONDS = 5.0
-RETRY_MAX_SECONDS = 300.0
-
-
-def retry_delay(retries: int) -> float:
-    """Backoff before the (retries + 1)-th try of a listing whose photo could not be had."""
-    return min(RETRY_BASE_SECONDS * 2**retries, RETRY_MAX_SECONDS)
 
 
 @dataclass(frozen=True)

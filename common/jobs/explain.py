@@ -31,8 +31,6 @@ from common.vision.overlay import render_pngs
 log = logging.getLogger(__name__)
 
 NO_CLUSTERING_VERSION = 0  # key segment `v0`: explained without a clustering (ImageNet target)
-RETRY_BASE_SECONDS = 5.0
-RETRY_MAX_SECONDS = 600.0
 # Overlays are looked at on a screen: decode photos with at least this shorter side, not full size.
 OVERLAY_MIN_SIDE = 512
 
@@ -49,11 +47,6 @@ def object_keys(listing_id: int, image_sha256: str, backbone_id: str, version: i
     """Content-addressed (overlay, heatmap) keys: the same inputs always name the same objects."""
     prefix = f"{overlay_prefix(listing_id)}{image_sha256}/{sanitize(backbone_id)}/v{version}"
     return f"{prefix}/overlay.png", f"{prefix}/heatmap.png"
-
-
-def retry_delay(attempt: int) -> float:
-    """Exponential backoff for the n-th retry (1-based), capped."""
-    return min(RETRY_BASE_SECONDS * 2 ** max(attempt - 1, 0), RETRY_MAX_SECONDS)
 
 
 @dataclass

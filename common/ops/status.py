@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from common.db import Database
-from common.delivery.publisher import BROKER_ERRORS, producer_app, queue_lists
+from common.delivery.publisher import BROKER_ERRORS, producer_app, queue_depths
 from common.delivery.queues import QUEUES
 from common.object_store import STORAGE_ERRORS, ObjectStore
 from common.schema import ClusteringVersion, Embedding, Listing, ListingStatus, Suggestion
@@ -193,17 +193,6 @@ def database_section(session: Session, settings: Settings, snapshot: Snapshot) -
         }
 
 
-def queue_depths(client: redis.Redis) -> dict[str, int]:
-    """Messages waiting in each Celery queue (all priority steps of kombu's Redis lists)."""
-    pipe = client.pipeline(transaction=False)
-    for queue in QUEUES:
-        for name in queue_lists(queue):
-            pipe.llen(name)
-    lengths = pipe.execute()
-    steps = len(lengths) // len(QUEUES)
-    return {queue: int(sum(lengths[i * steps : (i + 1) * steps])) for i, queue in enumerate(QUEUES)}
-
-
 def ping_workers(settings: Settings, timeout: float) -> list[str]:
     """Names of the Celery workers that answer a broadcast ping within `timeout` seconds."""
     app = producer_app(settings, "vitrine-status")
@@ -232,7 +221,7 @@ def collect(
     client = redis_client(settings)
     try:
         client.ping()
-        snapshot.queues = queue_depths(client)
+        snapshot.queues = queue_depths(client, QUEUES)
         snapshot.unacked = int(client.hlen(KOMBU_UNACKED_KEY))
         snapshot.services["redis"] = None
     except redis.RedisError as error:

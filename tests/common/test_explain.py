@@ -13,8 +13,8 @@ from PIL import Image
 from sqlalchemy import select, update
 
 from common.db import Database
-from common.delivery.queues import EXPLAIN_QUEUE
-from common.jobs.explain import explain_listings, object_keys, retry_delay
+from common.delivery.queues import EXPLAIN_QUEUE, retry_delay
+from common.jobs.explain import explain_listings, object_keys
 from common.jobs.refit import follow_up_refit, refit
 from common.object_store import ObjectStore, overlay_url
 from common.runtime import Runtime
@@ -190,8 +190,8 @@ def test_storage_down_means_retry_and_rows_untouched(
     assert report.explained == {} and report.failed == {}
     for row in suggestions(db, sorted(ids.values())).values():
         assert row.overlay_key is None and row.explain_error is None
-    assert [retry_delay(n) for n in (1, 2, 3)] == [5.0, 10.0, 20.0]
-    assert retry_delay(50) == 600.0
+    assert [retry_delay(n) for n in (0, 1, 2)] == [5.0, 10.0, 20.0]
+    assert retry_delay(50) == 300.0
 
 
 def _overlays(db: Database, listing_ids: list[int]) -> dict[int, str | None]:
