@@ -1,60 +1,18 @@
-"""The `vitrine` command line: one module per command group, registered here.
-
-Settings are read once per invocation, when a command first needs them, and handed on from
-`state(ctx)`; `--help` and argument errors never need a valid configuration.
-"""
+"""The `vitrine` command line: one module per command group, registered on `vitrine.cli.root.app`."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from functools import cached_property
 
-import typer
-from rich.console import Console
+from common.settings import ConfigError
+from vitrine.cli.root import CommandState, app, console
 
-from common.runtime import Runtime
-from common.settings import ConfigError, Settings, load_settings
-
-app = typer.Typer(help="Vitrine: categorise marketplace listings from their photos.", no_args_is_help=True)
-console = Console(stderr=True)
-
-
-class CommandState:
-    """The invocation's settings and runtime, made on first use."""
-
-    def __init__(self, settings: Settings | None = None) -> None:
-        if settings is not None:
-            self.__dict__["settings"] = settings
-
-    @cached_property
-    def settings(self) -> Settings:
-        return load_settings()
-
-    @cached_property
-    def runtime(self) -> Runtime:
-        return Runtime(self.settings)
-
-    def close(self) -> None:
-        if "runtime" in self.__dict__:
-            self.runtime.close()
-
-
-@app.callback()
-def _root(ctx: typer.Context) -> None:
-    if not isinstance(ctx.obj, CommandState):
-        ctx.obj = CommandState()
-    ctx.call_on_close(ctx.obj.close)
-
-
-def state(ctx: typer.Context) -> CommandState:
-    root = ctx.find_root()
-    assert isinstance(root.obj, CommandState)
-    return root.obj
+__all__ = ["CommandState", "app", "main", "register"]
 
 
 def register() -> None:
-    # Imported here so that each module can `from vitrine.cli import app`.
+    # Imported when a command runs, not at import: each module's own imports stay off `--help`.
     from vitrine.cli import accounts, bench, core, demo, evaluate, explain, ops, serve  # noqa: F401
 
 

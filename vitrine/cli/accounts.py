@@ -10,7 +10,7 @@ from rich.table import Table
 
 from common.moderation.accounts import AccountError, add_token, add_user, disable_user, list_users
 from common.schema import AccountRole, TokenScope
-from vitrine.cli import app, console, state
+from vitrine.cli.root import app, console, state
 
 users_app = typer.Typer(help="Moderator accounts of the review app.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Bearer tokens for the HTTP API.", no_args_is_help=True)

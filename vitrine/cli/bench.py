@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from vitrine.cli import app, console, state
+from vitrine.cli.root import app, console, state
 
 bench_app = typer.Typer(help="Benchmarks (not tests): ratios measured side by side.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")

@@ -12,7 +12,7 @@ import typer
 from rich.progress import Progress
 
 from common.delivery.queues import QUEUES
-from vitrine.cli import app, console, state
+from vitrine.cli.root import app, console, state
 from vitrine.local.folder import FolderError, publish_folder
 from workers.command import worker_argv
 

@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from common.jobs.refit import RefitResult, follow_up_refit, refit
 from common.runtime import Runtime
 from common.settings import Settings
-from vitrine.cli import app, console, state
+from vitrine.cli.root import app, console, state
 from vitrine.local import supervision
 from vitrine.local.folder import FolderError, publish_folder
 from vitrine.local.services import ServiceUnavailable

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from vitrine.cli import app, console, state
+from vitrine.cli.root import app, console, state
 from vitrine.local.folder import FolderError, list_images, read_labels
 
 

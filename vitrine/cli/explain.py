@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import select
 
-from vitrine.cli import app, console, state
+from vitrine.cli.root import app, console, state
 
 MAX_OVERLAY_BYTES = 64 * 1024 * 1024
 

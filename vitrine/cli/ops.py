@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from common.settings import ENV_PREFIX
-from vitrine.cli import app, console, state
+from vitrine.cli.root import app, console, state
 
 FLOWER_OVERRIDDEN = frozenset(
     {

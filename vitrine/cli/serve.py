@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from vitrine.cli import app, console, state
+from vitrine.cli.root import app, console, state
 
 
 @app.command()

@@ -1,0 +1,51 @@
+"""The command line's root: the Typer app every command module registers on, and the invocation's state.
+
+Settings are read once per invocation, when a command first needs them, and handed on from
+`state(ctx)`; `--help` and argument errors never need a valid configuration.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import typer
+from rich.console import Console
+
+from common.runtime import Runtime
+from common.settings import Settings, load_settings
+
+app = typer.Typer(help="Vitrine: categorise marketplace listings from their photos.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+class CommandState:
+    """The invocation's settings and runtime, made on first use."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        if settings is not None:
+            self.__dict__["settings"] = settings
+
+    @cached_property
+    def settings(self) -> Settings:
+        return load_settings()
+
+    @cached_property
+    def runtime(self) -> Runtime:
+        return Runtime(self.settings)
+
+    def close(self) -> None:
+        if "runtime" in self.__dict__:
+            self.runtime.close()
+
+
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    if not isinstance(ctx.obj, CommandState):
+        ctx.obj = CommandState()
+    ctx.call_on_close(ctx.obj.close)
+
+
+def state(ctx: typer.Context) -> CommandState:
+    root = ctx.find_root()
+    assert isinstance(root.obj, CommandState)
+    return root.obj
