@@ -28,6 +28,10 @@ class Lease:
     expires_at: datetime
 
 
+# Items tried per claim when others take them first (each try skips what it lost).
+CLAIM_TRIES = 8
+
+
 def _waiting(category: str | None = None) -> list[Any]:
     """Conditions of a suggestion that waits for a moderator."""
     conditions: list[Any] = [Suggestion.needs_review, Listing.status == ListingStatus.suggested]
@@ -70,23 +74,37 @@ def claim(session: Session, moderator: str, lease_seconds: int, category: str | 
         ModeratorDecision.action == Action.skip,
         standing(),
     )
-    row = session.execute(
-        select(Suggestion.listing_id, Listing.external_id)
-        .join(Listing, Listing.id == Suggestion.listing_id)
-        .where(*_waiting(category), ~leased.exists(), ~skipped.exists())
-        .order_by(Suggestion.confidence, Suggestion.listing_id)
-        .limit(1)
-        .with_for_update(of=Suggestion, skip_locked=True)
-    ).first()
-    if row is None:
-        return None
-    statement = insert(ReviewLease).values(listing_id=row.listing_id, moderator=moderator, expires_at=expires)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["listing_id"], set_={"moderator": moderator, "expires_at": expires}
+    taken: list[int] = []
+    for _ in range(CLAIM_TRIES):
+        row = session.execute(
+            select(Suggestion.listing_id, Listing.external_id)
+            .join(Listing, Listing.id == Suggestion.listing_id)
+            .where(
+                *_waiting(category), ~leased.exists(), ~skipped.exists(), Suggestion.listing_id.not_in(taken)
+            )
+            .order_by(Suggestion.confidence, Suggestion.listing_id)
+            .limit(1)
+            .with_for_update(of=Suggestion, skip_locked=True)
+        ).first()
+        if row is None:
+            return None
+        # The lease is taken only if nobody holds a live one: the check above reads the snapshot
+        # its statement started with, and a moderator who claimed the item since then has
+        # already committed a lease that the conflict clause sees (and keeps).
+        statement = insert(ReviewLease).values(
+            listing_id=row.listing_id, moderator=moderator, expires_at=expires
         )
-    )
-    return Lease(row.listing_id, row.external_id, expires)
+        won = session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["listing_id"],
+                set_={"moderator": moderator, "expires_at": expires},
+                where=ReviewLease.expires_at <= now,
+            ).returning(ReviewLease.listing_id)
+        ).first()
+        if won is not None:
+            return Lease(row.listing_id, row.external_id, expires)
+        taken.append(row.listing_id)
+    return None
 
 
 def known_categories(session: Session) -> set[str]:
