@@ -5,7 +5,7 @@ batch of `--batch` photos goes through `common.vision.backbone.prepare_batch` an
 the embed worker does it. The photos are a real product photo scaled up to the default pixel limit
 (VITRINE_MAX_IMAGE_PIXELS) and saved as JPEG within the byte limit.
 
-Usage: python vitrine/bench/decode_memory.py --photo PHOTO.jpg [--batch 32] [--model efficientnet_lite0]
+Usage: python -m vitrine.bench.decode_memory --photo PHOTO.jpg [--batch 32] [--model efficientnet_lite0]
 """
 
 from __future__ import annotations

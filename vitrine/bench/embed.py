@@ -7,8 +7,6 @@ preprocess + forward over the same images at the same batch size in a tight loop
 
 from __future__ import annotations
 
-import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,22 +20,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 
-from common.db import drop_database, migrate
 from common.delivery.queues import EMBED_QUEUE
-from common.jobs.refit import refit
 from common.listings.events import ListingEvent, publish_listings
 from common.runtime import Runtime
-from common.schema import TERMINAL_STATUSES, Listing, ListingStatus
+from common.schema import Listing, ListingStatus
 from common.settings import Settings, with_environment
 from common.vision.backbone import Backbone, set_torch_threads
 from common.vision.batch import embed_prepared, prepare_batch
+from vitrine.local.scratch import scratch_stack
 from vitrine.local.services import (
-    LocalServices,
     celery_worker,
-    create_scratch_database,
-    port_open,
     serve_bytes,
 )
 
@@ -209,14 +202,6 @@ def compare_precisions(
     return float(np.mean(chosen)), float(np.mean(fp32))
 
 
-def postgres_server(settings: Settings, local: LocalServices) -> str:
-    """The configured Postgres server, or a private one when it does not answer (a bare GPU box)."""
-    url = make_url(settings.services.database_url)
-    if port_open(url.host or "127.0.0.1", url.port or 5432):
-        return settings.services.database_url
-    return local.start_postgres()
-
-
 def run_embed_benchmark(
     settings: Settings,
     *,
@@ -264,16 +249,10 @@ def run_embed_benchmark(
     device = backbone.device
     del backbone  # free memory for the worker process
 
-    local = LocalServices(Path(tempfile.mkdtemp(prefix="vitrine-bench-")))
-    database_url = None
-    try:
-        # Private Redis and a scratch database: the benchmark never touches live queues or rows.
-        broker_url = local.start_redis()
-        database_url = create_scratch_database(postgres_server(settings, local), "vitrine_bench")
-        migrate(database_url)
+    with scratch_stack(settings.services.database_url, "vitrine-bench") as stack:
         env = {
-            "VITRINE_DATABASE_URL": database_url,
-            "VITRINE_BROKER_URL": broker_url,
+            "VITRINE_DATABASE_URL": stack.database_url,
+            "VITRINE_BROKER_URL": stack.broker_url or "",
             "VITRINE_MODEL": model,
             "VITRINE_DEVICE": settings.backbone.device,
             "VITRINE_PRECISION": precision,
@@ -286,10 +265,6 @@ def run_embed_benchmark(
         }
         pipeline = pipeline_ips(photos, env, batch_size, log_dir / "bench-worker-batched.log", "b")
         pipeline_1 = pipeline_ips(photos, env, 1, log_dir / "bench-worker-batch1.log", "1")
-    finally:
-        if database_url:
-            drop_database(database_url)
-        local.stop()
     return EmbedBenchmark(
         model=model,
         weights=str(weights) if weights else "random",
@@ -319,237 +294,3 @@ def _wait(predicate: Callable[[], bool], seconds: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, by a
-# substring of `torch.cuda.get_device_name()`; the first match wins. --peak-tflops overrides.
-BF16_PEAK_TFLOPS = (
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.4),
-    ("H200", 989.4),
-    ("GH200", 989.4),
-    ("B200", 2250.0),
-    ("A100", 312.0),
-    ("L40S", 362.0),
-    ("L4", 121.0),
-    ("A10", 125.0),
-    ("RTX 6000 Ada", 364.2),
-    ("RTX 4090", 165.2),
-)
-
-
-def gpu_summary(
-    result: dict[str, object], gflop_per_image: float, peak_tflops: float | None, gpu: str | None
-) -> dict[str, object]:
-    """The GPU benchmark's one line: throughput, ratios, memory, and the share of the bf16 peak."""
-    if peak_tflops is None and gpu:
-        peak_tflops = next((peak for key, peak in BF16_PEAK_TFLOPS if key in gpu), None)
-    pipeline = float(result["pipeline_ips"])  # type: ignore[arg-type]
-    share = pipeline * gflop_per_image / (peak_tflops * 1000) if peak_tflops else None
-    keys = (
-        "model", "device", "precision", "decode", "n", "batch_size", "pipeline_ips", "forward_ips",
-        "ratio_pipeline_forward", "batch1_ips", "ratio_batched_batch1", "inprocess_ips",
-        "peak_gpu_memory_mib",
-    )  # fmt: skip
-    return {
-        "gpu": gpu,
-        **{key: result[key] for key in keys},
-        "gflop_per_image": gflop_per_image,
-        "bf16_peak_tflops": peak_tflops,
-        "share_of_bf16_peak": round(share, 4) if share is not None else None,
-    }
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Reads `vitrine bench embed --json` on stdin, prints the GPU benchmark's one JSON line."""
-    import argparse
-    import json
-    import sys
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--gflop-per-image", type=float, default=30.8)
-    parser.add_argument("--peak-tflops", type=float, default=None)
-    args = parser.parse_args(argv)
-    result = json.loads(sys.stdin.read().strip().splitlines()[-1])
-    gpu = torch.cuda.get_device_name() if str(result["device"]).startswith("cuda") else None
-    print(json.dumps(gpu_summary(result, args.gflop_per_image, args.peak_tflops, gpu)))
-
-
-if __name__ == "__main__":
-    main()
-
-
-@dataclass
-class LatencyRun:
-    """Milliseconds from publishing one listing to its committed suggestion, at one setting."""
-
-    batch_size: int
-    flush_interval: float
-    n: int
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    mean_ms: float
-    max_ms: float
-
-
-def percentiles(batch_size: int, flush_interval: float, latencies: list[float]) -> LatencyRun:
-    ms = np.asarray(latencies) * 1000
-    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
-    return LatencyRun(
-        batch_size=batch_size,
-        flush_interval=flush_interval,
-        n=len(latencies),
-        p50_ms=round(float(p50), 1),
-        p95_ms=round(float(p95), 1),
-        p99_ms=round(float(p99), 1),
-        mean_ms=round(float(ms.mean()), 1),
-        max_ms=round(float(ms.max()), 1),
-    )
-
-
-def listing_latencies(
-    photos: list[bytes],
-    env: dict[str, str],
-    *,
-    batch_size: int,
-    flush_interval: float,
-    rate: float,
-    n: int,
-    log_path: Path,
-    label: str,
-) -> list[float]:
-    """Publish `n` listings one at a time, `rate` per second, to a real embed worker; seconds from
-    each publish call to the moment its suggestion is seen committed (polled every 10 ms).
-
-    A clustering must exist (`seed_clustering`), or listings stop at `embedded`.
-    """
-    worker_env = {
-        **env,
-        "VITRINE_BATCH_SIZE": str(batch_size),
-        "VITRINE_FLUSH_INTERVAL": str(flush_interval),
-    }
-    with photo_worker(photos, worker_env, log_path, "latency") as (runtime, base):
-
-        def event(listing_id: str, i: int) -> ListingEvent:
-            return ListingEvent(external_id=listing_id, image_url=f"{base}/{i % len(photos)}.jpg")
-
-        # Warm-up: the model loads with the first batch, not inside the measurement.
-        warm = [event(f"warm-{label}-{i}", i) for i in range(2)]
-        publish_listings(runtime, warm)
-        warm_ids = [e.external_id for e in warm]
-        _wait(lambda: _count(runtime, warm_ids, done=True) == len(warm_ids), 900, "the warm-up")
-        return _timed_publishing(runtime, [event(f"lat-{label}-{i}", i) for i in range(n)], rate)
-
-
-def _timed_publishing(runtime: Runtime, events: list[ListingEvent], rate: float) -> list[float]:
-    published: dict[str, float] = {}
-    finished: dict[str, float] = {}
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.is_set():
-            with lock:
-                waiting = [key for key in published if key not in finished]
-            if waiting:
-                with runtime.db.transaction() as session:
-                    done = session.execute(
-                        select(Listing.external_id, Listing.status).where(
-                            Listing.external_id.in_(waiting), Listing.status.in_(TERMINAL_STATUSES)
-                        )
-                    ).all()
-                now = time.perf_counter()
-                for key, status in done:
-                    if status == ListingStatus.failed:
-                        raise RuntimeError(f"latency listing {key} failed")
-                    finished[key] = now
-            time.sleep(0.01)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    started = time.perf_counter()
-    for i, item in enumerate(events):
-        time.sleep(max(0.0, started + i / rate - time.perf_counter()))
-        with lock:
-            published[item.external_id] = time.perf_counter()
-        publish_listings(runtime, [item])
-    _wait(lambda: len(finished) == len(events) or not watcher.is_alive(), 600, "the latency listings")
-    stop.set()
-    watcher.join()
-    if len(finished) != len(events):
-        raise RuntimeError("the watcher stopped before every listing was suggested")
-    return [finished[key] - published[key] for key in published]
-
-
-def seed_clustering(photos: list[bytes], env: dict[str, str], log_path: Path, k: int = 2) -> None:
-    """A first clustering from labelled listings, so that new listings get their suggestion."""
-    with photo_worker(photos, env, log_path, "seed") as (runtime, base):
-        events = [
-            ListingEvent(
-                external_id=f"seed-{i}", image_url=f"{base}/{i}.jpg", seller_category=f"category-{i % k}"
-            )
-            for i in range(len(photos))
-        ]
-        publish_listings(runtime, events)
-        ids = [e.external_id for e in events]
-        _wait(lambda: _count(runtime, ids, done=True) == len(ids), 900, "the seed listings")
-        result = refit(runtime.db, runtime.settings, k=k)
-    if result.version_id is None:
-        raise RuntimeError(f"no clustering to suggest from: {result.skipped_reason}")
-
-
-def run_latency_benchmark(
-    settings: Settings,
-    *,
-    model: str,
-    weights: Path | None,
-    n: int,
-    rate: float,
-    settings_to_compare: list[tuple[int, float]],
-    images: Path | None,
-    log_dir: Path,
-) -> list[LatencyRun]:
-    """Latency percentiles at each (batch size, flush interval), one after the other in one run,
-    against the same services, photos and clustering."""
-    photos = folder_photos(images, max(n, 16)) if images else synthetic_photos(max(n, 16))
-    local = LocalServices(Path(tempfile.mkdtemp(prefix="vitrine-latency-")))
-    database_url = None
-    runs = []
-    try:
-        broker_url = local.start_redis()
-        database_url = create_scratch_database(postgres_server(settings, local), "vitrine_latency")
-        migrate(database_url)
-        env = {
-            "VITRINE_DATABASE_URL": database_url,
-            "VITRINE_BROKER_URL": broker_url,
-            "VITRINE_MODEL": model,
-            "VITRINE_WEIGHTS": str(weights) if weights else "",
-            "VITRINE_ALLOW_RANDOM_WEIGHTS": "0" if weights else "1",
-            "VITRINE_DEVICE": settings.backbone.device,
-            "VITRINE_PRECISION": settings.backbone.precision,
-            # Nothing but the embed step: no overlay requests, no audit sample.
-            "VITRINE_EXPLAIN_SAMPLE_RATE": "0",
-            "VITRINE_REVIEW_AUDIT_RATE": "0",
-            "VITRINE_CONFIDENCE_THRESHOLD": "0",
-        }
-        seed_clustering(photos[:16], env, log_dir / "latency-seed.log")
-        for batch_size, flush_interval in settings_to_compare:
-            label = f"b{batch_size}-f{flush_interval}"
-            latencies = listing_latencies(
-                photos,
-                env,
-                batch_size=batch_size,
-                flush_interval=flush_interval,
-                rate=rate,
-                n=n,
-                log_path=log_dir / f"latency-{label}.log",
-                label=label,
-            )
-            runs.append(percentiles(batch_size, flush_interval, latencies))
-    finally:
-        if database_url:
-            drop_database(database_url)
-        local.stop()
-    return runs

@@ -51,4 +51,4 @@ fi
 
 result=$("$venv/bin/vitrine" bench embed --model "$model" --device "$device" --precision "$precision" \
     --decode "$decode" --n "$n" --batch-size "$batch" --json)
-echo "$result" | "$venv/bin/python" -m vitrine.bench.embed --gflop-per-image "$gflop" ${peak:+--peak-tflops "$peak"}
+echo "$result" | "$venv/bin/python" -m vitrine.bench.gpu --gflop-per-image "$gflop" ${peak:+--peak-tflops "$peak"}

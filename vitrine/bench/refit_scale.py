@@ -1,6 +1,6 @@
 """Time `common.jobs.refit.refit` at growing numbers of stored 1024-d embeddings in a scratch database.
 
-Usage: python vitrine/bench/refit_scale.py [--sizes 10000,100000] [--server postgresql://postgres@127.0.0.1:5432]
+Usage: python -m vitrine.bench.refit_scale [--sizes 10000,100000] [--server postgresql://postgres@127.0.0.1:5432]
 """
 
 from __future__ import annotations
@@ -134,15 +134,13 @@ def main() -> None:
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
 
-    from common.db import drop_database, migrate
-    from vitrine.local.services import create_scratch_database
+    from vitrine.local.scratch import scratch_stack
 
     server = args.server.replace("postgresql://", "postgresql+psycopg://", 1)
-    url = create_scratch_database(f"{server}/postgres", "vitrine_bench")
-    name = url.rsplit("/", 1)[1]
     context = multiprocessing.get_context("spawn")
-    try:
-        migrate(url)
+    with scratch_stack(f"{server}/postgres", "vitrine-bench-refit", broker=False) as stack:
+        url = stack.database_url
+        name = url.rsplit("/", 1)[1]
         stored = 0
         print(
             f"database {name}; {CLUSTERS} clusters of {DIM}-d unit vectors; max in memory {args.max_vectors}"
@@ -162,8 +160,6 @@ def main() -> None:
                 raise SystemExit(f"refit at n={size} failed (exit code {process.exitcode})") from None
             figures["algorithm"] = algorithm_of_current(url)
             print(f"refit n={size}: {figures}", flush=True)
-    finally:
-        drop_database(url)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import secrets
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,11 +20,12 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
-from common.db import Database, drop_database, migrate
+from common.db import Database
 from common.moderation import decisions, queue
 from common.moderation.accounts import add_token, add_user
 from common.settings import Settings
-from vitrine.local.services import LocalServices, create_scratch_database, free_port
+from vitrine.local.scratch import scratch_stack
+from vitrine.local.services import free_port
 
 INGEST_BATCH = 500
 START_TIMEOUT = 60.0
@@ -104,11 +104,9 @@ def _timed(expect: int, call: Callable[..., httpx.Response], *args: Any, **kwarg
 def run_review_benchmark(
     settings: Settings, n: int, claims: int, reads: int, ingest_batches: int, log_dir: Path
 ) -> dict[str, Any]:
-    local = LocalServices(Path(tempfile.mkdtemp(prefix="vitrine-bench-review-")))
-    url = create_scratch_database(settings.services.database_url, "vitrine_bench_review")
     server: subprocess.Popen[bytes] | None = None
-    try:
-        migrate(url)
+    with scratch_stack(settings.services.database_url, "vitrine-bench-review") as stack:
+        url = stack.database_url
         database = Database(url)
         try:
             started = time.perf_counter()
@@ -125,80 +123,79 @@ def run_review_benchmark(
             **os.environ,
             "VITRINE_DATABASE_URL": url,
             # A private broker: the benchmark's messages never reach a real worker.
-            "VITRINE_BROKER_URL": local.start_redis(),
+            "VITRINE_BROKER_URL": stack.broker_url or "",
             "VITRINE_SESSION_SECRET": secrets.token_urlsafe(32),
         }
-        server = _serve(env, port, log_dir / "bench-review.log")
-        base = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=base, timeout=60) as client:
-            reviewer = {"Authorization": f"Bearer {review_token}"}
-            ingest = {"Authorization": f"Bearer {ingest_token}"}
-            claim_times, decide_times = [], []
-            for _ in range(claims):
-                started = time.perf_counter()
-                response = client.post("/api/v1/review/claim", headers=reviewer)
-                claim_times.append(time.perf_counter() - started)
-                external_id = response.json()["external_id"]
-                decide_times.append(
-                    _timed(
-                        200,
-                        client.post,
-                        f"/api/v1/review/{external_id}/decision",
-                        json={"action": "accept"},
-                        headers=reviewer,
-                    )
-                )
-            rng = random.Random(0)
-            read_times = [
-                _timed(200, client.get, f"/api/v1/listings/bench-{rng.randint(1, n)}", headers=ingest)
-                for _ in range(reads)
-            ]
-            ingest_seconds = 0.0
-            for batch in range(ingest_batches):
-                items = [
-                    {
-                        "external_id": f"new-{batch}-{i}",
-                        "image_url": f"https://photos.example/new/{batch}/{i}.jpg",
-                        "seller_category": f"c{i % 4}",
-                        "title": f"new listing {i}",
-                    }
-                    for i in range(INGEST_BATCH)
-                ]
-                ingest_seconds += _timed(202, client.post, "/api/v1/listings", json=items, headers=ingest)
-        # The same claims without HTTP: what the database costs, apart from the web server's share.
-        database = Database(url)
         try:
-            direct = []
-            for _ in range(claims):
-                started = time.perf_counter()
-                with database.transaction() as session:
-                    claimed = queue.claim(session, "bench", settings.review.review_lease_seconds)
-                direct.append(time.perf_counter() - started)
-                assert claimed is not None
-                with database.transaction() as session:
-                    decisions.decide(session, "bench", claimed.external_id, "accept")
+            server = _serve(env, port, log_dir / "bench-review.log")
+            base = f"http://127.0.0.1:{port}"
+            with httpx.Client(base_url=base, timeout=60) as client:
+                reviewer = {"Authorization": f"Bearer {review_token}"}
+                ingest = {"Authorization": f"Bearer {ingest_token}"}
+                claim_times, decide_times = [], []
+                for _ in range(claims):
+                    started = time.perf_counter()
+                    response = client.post("/api/v1/review/claim", headers=reviewer)
+                    claim_times.append(time.perf_counter() - started)
+                    external_id = response.json()["external_id"]
+                    decide_times.append(
+                        _timed(
+                            200,
+                            client.post,
+                            f"/api/v1/review/{external_id}/decision",
+                            json={"action": "accept"},
+                            headers=reviewer,
+                        )
+                    )
+                rng = random.Random(0)
+                read_times = [
+                    _timed(200, client.get, f"/api/v1/listings/bench-{rng.randint(1, n)}", headers=ingest)
+                    for _ in range(reads)
+                ]
+                ingest_seconds = 0.0
+                for batch in range(ingest_batches):
+                    items = [
+                        {
+                            "external_id": f"new-{batch}-{i}",
+                            "image_url": f"https://photos.example/new/{batch}/{i}.jpg",
+                            "seller_category": f"c{i % 4}",
+                            "title": f"new listing {i}",
+                        }
+                        for i in range(INGEST_BATCH)
+                    ]
+                    ingest_seconds += _timed(202, client.post, "/api/v1/listings", json=items, headers=ingest)
+            # The same claims without HTTP: what the database costs, apart from the web server's share.
+            database = Database(url)
+            try:
+                direct = []
+                for _ in range(claims):
+                    started = time.perf_counter()
+                    with database.transaction() as session:
+                        claimed = queue.claim(session, "bench", settings.review.review_lease_seconds)
+                    direct.append(time.perf_counter() - started)
+                    assert claimed is not None
+                    with database.transaction() as session:
+                        decisions.decide(session, "bench", claimed.external_id, "accept")
+            finally:
+                database.dispose()
+            return {
+                "suggestions": n,
+                "claim_in_process": _percentiles(direct),
+                "fill_seconds": round(fill_seconds, 1),
+                "claim": _percentiles(claim_times),
+                "decision": _percentiles(decide_times),
+                "get_listing": _percentiles(read_times),
+                "ingest": {
+                    "listings": ingest_batches * INGEST_BATCH,
+                    "batch": INGEST_BATCH,
+                    "seconds": round(ingest_seconds, 2),
+                    "listings_per_s": round(ingest_batches * INGEST_BATCH / ingest_seconds, 1),
+                },
+                "cpus": os.cpu_count(),
+                # Other processes' load during the run: the figures are only comparable at a similar load.
+                "load_average": [round(x, 2) for x in os.getloadavg()],
+            }
         finally:
-            database.dispose()
-        return {
-            "suggestions": n,
-            "claim_in_process": _percentiles(direct),
-            "fill_seconds": round(fill_seconds, 1),
-            "claim": _percentiles(claim_times),
-            "decision": _percentiles(decide_times),
-            "get_listing": _percentiles(read_times),
-            "ingest": {
-                "listings": ingest_batches * INGEST_BATCH,
-                "batch": INGEST_BATCH,
-                "seconds": round(ingest_seconds, 2),
-                "listings_per_s": round(ingest_batches * INGEST_BATCH / ingest_seconds, 1),
-            },
-            "cpus": os.cpu_count(),
-            # Other processes' load during the run: the figures are only comparable at a similar load.
-            "load_average": [round(x, 2) for x in os.getloadavg()],
-        }
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
-        local.stop()
-        drop_database(url)
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=30)

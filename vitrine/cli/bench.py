@@ -114,7 +114,7 @@ def bench_latency(
 ) -> None:
     """Milliseconds from publishing a listing to its committed suggestion, one listing at a time,
     at the batch size and flush interval(s) given and at batch size 1, in one run."""
-    from vitrine.bench.embed import run_latency_benchmark
+    from vitrine.bench.latency import run_latency_benchmark
 
     settings = state(ctx).settings
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ def evaluate(
     ] = "fp32",
 ) -> None:
     """Embed each photo once per model; report ARI/NMI of KMeans and held-out suggestion accuracy."""
-    from vitrine.evaluation.study import EvaluationError, ModelSpec
+    from vitrine.evaluation.dataset import EvaluationError, ModelSpec
     from vitrine.evaluation.study import evaluate as run_evaluation
 
     try:

@@ -10,12 +10,11 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import confusion_matrix
 
+from vitrine.evaluation.dataset import THUMBNAIL_SIZE, Dataset
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from vitrine.evaluation.study import Dataset
-
-THUMBNAIL_SIZE = 96
 SAMPLES_PER_CLUSTER = 8
 SAMPLE_SEED = 0
 DPI = 110

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from common.settings import load_settings
 from tests.conftest import FLIPKART, LITE0_WEIGHTS
 from vitrine.cli import app, register
-from vitrine.evaluation.study import EvaluationError, ModelSpec, evaluate
+from vitrine.evaluation.dataset import EvaluationError, ModelSpec
+from vitrine.evaluation.study import evaluate
 from vitrine.local.folder import list_images, read_labels
 
 IMAGES = FLIPKART / "images"
