@@ -14,7 +14,7 @@ LIMIT ?=
 TITLES ?= product_name
 COVERAGE_FLOOR ?= 68
 
-.PHONY: install browser test test-faults lint demo stop bench evaluate clean
+.PHONY: install browser test test-unit test-faults lint demo stop bench evaluate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The unit tier alone (no services, no weights, no photos): seconds, for the edit-test loop.
+test-unit: install
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
 # Coverage of the code the tests run in this process (worker subprocesses are not counted).
 test: lint

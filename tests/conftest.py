@@ -31,6 +31,9 @@ from common.settings import Settings, with_environment  # noqa: E402
 from common.vision.backbone import Backbone  # noqa: E402
 from vitrine.local.services import LocalServices, create_scratch_database, port_open  # noqa: E402
 
+# The review app's fixtures (client, tokens, flagged items), for every tier that needs them.
+pytest_plugins = ["tests.fixtures.review"]
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 FLIPKART = SHARED / "data" / "flipkart"

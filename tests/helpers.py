@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from io import BytesIO
+from typing import Any
 
+import numpy as np
+import pytest
+import yaml
 from PIL import Image
 from sqlalchemy import select
 
@@ -12,10 +17,11 @@ from common.db import Database
 from common.jobs.embed import EmbedPipeline
 from common.jobs.refit import refit
 from common.object_store import ObjectStore
+from common.photos.failures import FailureReason, ImageRejected
 from common.schema import Listing, ListingStatus, Suggestion
-from common.settings import Settings
+from common.settings import Settings, load_settings
 from common.vision.backbone import Backbone
-from tests.conftest import FLIPKART
+from tests.conftest import FLIPKART, ROOT
 
 
 def real_jpeg(index: int = 0) -> bytes:
@@ -91,3 +97,62 @@ def suggestions(db: Database, listing_ids: list[int]) -> dict[int, Suggestion]:
     with db.transaction() as session:
         rows = session.execute(select(Suggestion).where(Suggestion.listing_id.in_(listing_ids))).scalars()
         return {row.listing_id: row for row in rows}
+
+
+def photo(row: dict[str, str]) -> Image.Image:
+    return Image.open(FLIPKART / "images" / row["image"]).convert("RGB")
+
+
+def border_brightness(image: Image.Image) -> float:
+    """Mean grey level of the outer 5% ring of the photo."""
+    grey = image.convert("L")
+    grey.thumbnail((256, 256))
+    pixels = np.asarray(grey, dtype=np.float32)
+    ring = max(2, int(0.05 * min(pixels.shape)))
+    return float(
+        np.concatenate(
+            [
+                pixels[:ring].ravel(),
+                pixels[-ring:].ravel(),
+                pixels[:, :ring].ravel(),
+                pixels[:, -ring:].ravel(),
+            ]
+        ).mean()
+    )
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    return vector / np.linalg.norm(vector)
+
+
+def expect_rejected(reason: FailureReason, call: Callable[..., object], *args: object) -> ImageRejected:
+    """The `ImageRejected` that `call(*args)` raises, checked to carry `reason`."""
+    with pytest.raises(ImageRejected) as caught:
+        call(*args)
+    assert caught.value.reason == reason, caught.value.detail
+    return caught.value
+
+
+def private_host(base: str = "http://127.0.0.1:80", **overrides: object) -> Settings:
+    """Settings that allow the private host of `base` (a local test server) on its own port."""
+    return load_settings(fetch_private_hosts=base.removeprefix("http://"), **overrides)
+
+
+def wide_product() -> Image.Image:
+    """A wide photo on a light grey background, with red marks at its far left and right ends."""
+    image = np.full((100, 300, 3), 230, dtype=np.uint8)
+    image[40:60, 10:40] = (255, 0, 0)
+    image[40:60, 260:290] = (255, 0, 0)
+    return Image.fromarray(image)
+
+
+COMPOSE = ROOT / "compose.yaml"
+
+
+def compose() -> dict[str, Any]:
+    """compose.yaml as read by a YAML parser."""
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return compose()["services"]

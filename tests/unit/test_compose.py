@@ -1,38 +1,26 @@
 """compose.yaml and .env.example against the code: real commands, known settings, the services needed.
 
-No Docker engine runs here, so each service's command is checked by running it with `--help`.
-"""
+No Docker engine runs here, so each service's command is checked by running it with `--help`."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
-import pytest
-import yaml
-
 from common.settings import ENV_PREFIX, variables
+from tests.helpers import COMPOSE, ROOT, compose, services
 
-ROOT = Path(__file__).resolve().parents[1]
-COMPOSE = ROOT / "compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
-VITRINE = Path(sys.executable).parent / "vitrine"
+
+
 VARIABLE = re.compile(rf"\b{ENV_PREFIX}[A-Z0-9_]+\b")
+
+
 # Compose-level names that are not Vitrine settings.
 NOT_SETTINGS = {"VITRINE_IMAGE"}
+
+
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|_KEY$|TOKEN")
-
-
-def compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text())
-
-
-def services() -> dict[str, dict[str, Any]]:
-    return compose()["services"]
 
 
 def command_text(service: dict[str, Any]) -> str:
@@ -130,26 +118,3 @@ def test_every_vitrine_variable_is_a_setting_and_every_setting_is_documented() -
     # Every ${VAR} compose interpolates is documented in .env.example.
     for name in set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text())):
         assert re.search(rf"^#?\s*{name}=", example, re.MULTILINE), f"{name} is not in .env.example"
-
-
-def app_commands() -> list[tuple[str, list[str]]]:
-    found = []
-    for name, service in services().items():
-        command = service.get("command")
-        if isinstance(command, list) and command and command[0] in ("vitrine", "celery"):
-            found.append((name, command))
-    return found
-
-
-@pytest.mark.parametrize(("service", "command"), app_commands(), ids=[n for n, _ in app_commands()])
-def test_service_command_is_a_real_invocation(service: str, command: list[str], tmp_path: Path) -> None:
-    # --help after the full command line: click rejects unknown commands and options before
-    # it prints the help, so this checks every word of the command, without running it.
-    if command[0] == "vitrine":
-        argv = [str(VITRINE), *command[1:], "--help"]
-    else:
-        argv = [sys.executable, "-m", "celery", *command[1:], "--help"]
-    env = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
-    result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"{service}: {' '.join(command)}\n{result.stdout}\n{result.stderr}"
-    assert "Usage" in result.stdout

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from common import LAYERS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("common", "workers", "review", "vitrine")
 # Above `common/`: what each top-level package may import besides itself.
 ALLOWED_ABOVE: dict[str, set[str]] = {

@@ -28,7 +28,7 @@ from common.schema import ClusteringVersion, Listing, Suggestion
 from common.settings import Settings
 from review.app import create_app
 from tests.conftest import FLIPKART, ROOT
-from tests.review.conftest import PASSWORD, Tokens, add_flagged
+from tests.fixtures.review import PASSWORD, Tokens, add_flagged
 
 SCREENSHOTS = ROOT / "out" / "screenshots"
 HOSTILE = '<script>window.__owned = 1</script><img src=x onerror="window.__owned = 2">'

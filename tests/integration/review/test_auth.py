@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from common.db import Database
 from common.moderation.accounts import disable_user
-from tests.review.conftest import PASSWORD, Tokens, bearer
+from tests.fixtures.review import PASSWORD, Tokens, bearer
 
 
 def csrf_of(html: str) -> str:

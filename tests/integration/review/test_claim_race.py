@@ -12,7 +12,7 @@ from sqlalchemy import update
 from common.db import Database
 from common.moderation.queue import claim
 from common.schema import ReviewLease
-from tests.review.conftest import add_flagged
+from tests.fixtures.review import add_flagged
 
 MODERATORS = 20
 ITEMS = 12

@@ -13,7 +13,7 @@ from common.db import Database
 from common.delivery.queues import EMBED_QUEUE
 from common.schema import Listing, ListingStatus
 from common.settings import Settings
-from tests.review.conftest import Tokens, add_flagged, bearer
+from tests.fixtures.review import Tokens, add_flagged, bearer
 
 
 def _count(db: Database) -> int:

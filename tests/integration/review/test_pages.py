@@ -7,8 +7,8 @@ import re
 from fastapi.testclient import TestClient
 
 from common.db import Database
-from tests.review.conftest import Tokens, add_flagged
-from tests.review.test_auth import sign_in
+from tests.fixtures.review import Tokens, add_flagged
+from tests.integration.review.test_auth import sign_in
 
 HOSTILE = '<script>alert("x")</script>'
 

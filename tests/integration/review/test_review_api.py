@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 from common.db import Database
 from common.moderation.labels import label_expression
 from common.schema import Listing, ListingStatus, ModeratorDecision, ReviewLease
-from tests.review.conftest import Tokens, add_flagged, bearer
+from tests.fixtures.review import Tokens, add_flagged, bearer
 
 
 def claim(client: TestClient, token: str, category: str | None = None) -> str | None:

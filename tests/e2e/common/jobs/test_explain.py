@@ -23,33 +23,18 @@ from common.settings import Settings
 from common.vision.backbone import Backbone
 from common.vision.gradcam import TARGET_CENTROID, TARGET_IMAGENET, gradcam, target_layer_name
 from common.vision.overlay import render_pngs
-from tests.conftest import FLIPKART
-from tests.helpers import count_objects, flipkart_rows, seed_listings, suggestions
+from tests.helpers import (
+    border_brightness,
+    count_objects,
+    flipkart_rows,
+    photo,
+    seed_listings,
+    suggestions,
+    unit,
+)
 from vitrine.local.services import free_port
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def photo(row: dict[str, str]) -> Image.Image:
-    return Image.open(FLIPKART / "images" / row["image"]).convert("RGB")
-
-
-def border_brightness(image: Image.Image) -> float:
-    """Mean grey level of the outer 5% ring of the photo."""
-    grey = image.convert("L")
-    grey.thumbnail((256, 256))
-    pixels = np.asarray(grey, dtype=np.float32)
-    ring = max(2, int(0.05 * min(pixels.shape)))
-    return float(
-        np.concatenate(
-            [
-                pixels[:ring].ravel(),
-                pixels[-ring:].ravel(),
-                pixels[:, :ring].ravel(),
-                pixels[:, -ring:].ravel(),
-            ]
-        ).mean()
-    )
 
 
 def centre_border_ratio(heatmap: np.ndarray, size: int = 224) -> float:
@@ -74,10 +59,6 @@ def white_watches() -> list[Image.Image]:
             break
     assert len(chosen) == 12
     return chosen
-
-
-def unit(vector: np.ndarray) -> np.ndarray:
-    return vector / np.linalg.norm(vector)
 
 
 def test_target_layer_is_the_last_feature_stage() -> None:

@@ -15,7 +15,7 @@ from PIL import Image
 from common.vision.backbone import Backbone
 from common.vision.gradcam import gradcam
 from common.vision.overlay import render_pngs
-from tests.common.test_explain import border_brightness, flipkart_rows, photo, unit
+from tests.helpers import border_brightness, flipkart_rows, photo, unit
 
 SIDE = 300
 
