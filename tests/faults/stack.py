@@ -214,7 +214,7 @@ class Stack:
             for i, row in enumerate(rows)
         ]
         publish_listings(runtime, events)
-        return [event.listing_id for event in events]
+        return [event.external_id for event in events]
 
 
 def count_terminal(runtime: Runtime, external_ids: list[str]) -> int:
