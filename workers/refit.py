@@ -33,6 +33,9 @@ def refit_task() -> dict[str, Any]:
 def sweep_task() -> dict[str, Any]:
     rt = runtime()
     result = sweep(rt.db, rt.publisher, rt.settings)
-    if result.listings or result.explanations:
-        log.warning("sent %d listings and %d overlay requests again", result.listings, result.explanations)
+    if result.listings or result.explanations or result.reconciled:
+        log.warning(
+            "sent %d listings and %d overlay requests again; %d messages found lost in the broker",
+            result.listings, result.explanations, result.reconciled,
+        )  # fmt: skip
     return asdict(result)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from functools import cached_property
+from typing import Any
 
 import kombu.exceptions
 import redis
@@ -29,6 +32,9 @@ KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 BROKER_MARK_KEY = "vitrine:broker-mark"
 # What a broker that is down or unreachable raises through Celery, kombu or redis-py.
 BROKER_ERRORS = (OSError, redis.RedisError, kombu.exceptions.KombuError)
+# kombu's Redis transport: the hash of delivered, unacknowledged messages (a worker's reserved
+# and prefetched ones, and ETA messages waiting for their time), by delivery tag.
+KOMBU_UNACKED_KEY = "unacked"
 # Redis commands per pipelined round trip when publishing a list (two per message: the message
 # and its task-sent event). Should a flush fail, the rows stay unmarked and the sweep sends them.
 PUBLISH_BATCH = 1000
@@ -50,6 +56,17 @@ def producer_app(settings: Settings, name: str = "vitrine-publisher") -> Celery:
 def queue_lists(queue: str) -> list[str]:
     """The Redis lists that hold `queue`'s waiting messages, one per priority step."""
     return [queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}" for step in KOMBU_PRIORITY_STEPS]
+
+
+def _listing_ids(message: dict[str, Any], task: str) -> list[int]:
+    """The listing id a kombu message of `task` carries (its first argument), if it is one."""
+    if message.get("headers", {}).get("task") != task:
+        return []
+    body = message.get("body", "")
+    if message.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args = json.loads(body)[0]
+    return [int(args[0])] if args else []
 
 
 def queue_depths(client: redis.Redis, queues: Sequence[str]) -> dict[str, int]:
@@ -109,6 +126,24 @@ class Publisher:
 
     def queue_depth(self, queue: str) -> int:
         return queue_depths(self.redis, [queue])[queue]
+
+    def listings_held(self, queue: str, task: str, limit: int) -> set[int] | None:
+        """The listing ids of every `task` message the broker holds for `queue`: waiting in its
+        lists or delivered and not yet acknowledged. None when more than `limit` messages wait
+        (a backlog explains any wait; the scan would cost more than it could find)."""
+        if self.queue_depth(queue) > limit:
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        for name in queue_lists(queue):
+            pipe.lrange(name, 0, -1)
+        waiting = [raw for lengths in pipe.execute() for raw in lengths]
+        delivered = [raw for raw in self.redis.hvals(KOMBU_UNACKED_KEY)]
+        held: set[int] = set()
+        for raw in waiting:
+            held.update(_listing_ids(json.loads(raw), task))
+        for raw in delivered:
+            held.update(_listing_ids(json.loads(raw)[0], task))
+        return held
 
     def broker_identity(self) -> str:
         """The Redis server's run id: a new one each time the server starts."""

@@ -13,16 +13,26 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, Integer, Text, and_, cast, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
 
 from common.db import Database, keyset_chunks
 from common.delivery.outbox import BROKER_IDENTITY, request_explanations, send_listings
 from common.delivery.publisher import Publisher
+from common.delivery.queues import EMBED_QUEUE, EMBED_TASK, EXPLAIN_QUEUE, EXPLAIN_TASK
 from common.schema import BrokerState, Listing, ListingStatus, Suggestion
 from common.settings import Settings
 
 # Rows read and messages sent per step of a sweep: bounded memory at any backlog.
 log = logging.getLogger(__name__)
+
+# Beyond the visibility time-out, how long a redelivered message may still take to be seen.
+RECONCILE_MARGIN = 60.0
+# Above this many waiting messages the broker is not scanned: a backlog explains any wait.
+RECONCILE_SCAN_LIMIT = 50_000
+# The `broker_state` row counting messages found lost and sent again.
+RECONCILED_KEY = "reconciled_total"
 
 SWEEP_CHUNK = 5_000
 
@@ -50,8 +60,10 @@ def broker_was_reset(db: Database, publisher: Publisher) -> bool:
 @dataclass(frozen=True)
 class SweepResult:
     broker_reset: bool
-    listings: int
+    listings: int  # never marked sent, or lost with the broker, and sent now
     explanations: int
+    # Marked sent long ago, not done, and held nowhere in the broker: lost in flight, sent again.
+    reconciled: int = 0
 
 
 def sweep(db: Database, publisher: Publisher, settings: Settings) -> SweepResult:
@@ -64,7 +76,89 @@ def sweep(db: Database, publisher: Publisher, settings: Settings) -> SweepResult
     explanations = _rerequest_explanations(
         db, publisher, settings, everything=reset, unsent_before=unsent_before
     )
-    return SweepResult(reset, listings, explanations)
+    reconciled = 0 if reset else reconcile(db, publisher, settings)
+    return SweepResult(reset, listings, explanations, reconciled)
+
+
+def reconcile(db: Database, publisher: Publisher, settings: Settings) -> int:
+    """Send again what was sent long ago, is still not done, and is held nowhere in the broker.
+
+    A message can be lost between the broker and a worker (a worker killed after Redis handed it
+    over and before the transport recorded it as unacknowledged), which neither the broker's
+    redelivery nor the unsent sweep can see. Waiting longer than the visibility time-out plus a
+    margin, no live worker can still hold it unrecorded; the broker is read twice, so a message
+    moving between a list and the unacknowledged record is not taken for lost. Sending again is
+    safe: every write is keyed on the listing's state (docs/reliability.md).
+    """
+    cutoff = datetime.now(UTC) - timedelta(seconds=settings.delivery.visibility_timeout + RECONCILE_MARGIN)
+    with db.transaction() as session:
+        listings = set(
+            session.execute(
+                select(Listing.id)
+                .where(Listing.status == ListingStatus.queued, Listing.enqueued_at < cutoff)
+                .order_by(Listing.enqueued_at)
+                .limit(SWEEP_CHUNK)
+            ).scalars()
+        )
+        overlays = set(
+            session.execute(
+                select(Suggestion.listing_id)
+                .join(Listing, Listing.id == Suggestion.listing_id)
+                .where(
+                    Suggestion.explain_requested_at < cutoff,
+                    Suggestion.overlay_key.is_(None),
+                    Suggestion.explain_error.is_(None),
+                    Listing.status == ListingStatus.suggested,
+                )
+                .order_by(Suggestion.explain_requested_at)
+                .limit(SWEEP_CHUNK)
+            ).scalars()
+        )
+    lost_listings = _not_held(publisher, listings, EMBED_QUEUE, EMBED_TASK)
+    lost_overlays = _not_held(publisher, overlays, EXPLAIN_QUEUE, EXPLAIN_TASK)
+    if lost_listings:
+        log.warning("listings %s waited past the visibility time-out and no message holds them: sent again",
+                    sorted(lost_listings))  # fmt: skip
+        send_listings(db, publisher, sorted(lost_listings))
+    if lost_overlays:
+        log.warning("overlay requests %s were lost in the broker: asked again", sorted(lost_overlays))
+        request_explanations(db, publisher, sorted(lost_overlays), settings)
+    found = len(lost_listings) + len(lost_overlays)
+    if found:
+        _count_reconciled(db, found)
+    return found
+
+
+def _not_held(publisher: Publisher, candidates: set[int], queue: str, task: str) -> set[int]:
+    if not candidates:
+        return set()
+    missing = set(candidates)
+    for _ in range(2):  # both reads must miss it
+        held = publisher.listings_held(queue, task, RECONCILE_SCAN_LIMIT)
+        if held is None:
+            log.info(
+                "%s queue holds more than %d messages: reconciliation waits", queue, RECONCILE_SCAN_LIMIT
+            )
+            return set()
+        missing -= held
+    return missing
+
+
+def _count_reconciled(db: Database, found: int) -> None:
+    with db.transaction() as session:
+        statement = insert(BrokerState).values(key=RECONCILED_KEY, value=str(found))
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["key"],
+                set_={"value": (cast(BrokerState.value, Integer) + found).cast(Text)},
+            )
+        )
+
+
+def reconciled_total(session: Session) -> int:
+    """Messages found lost in the broker and sent again, over the deployment's life."""
+    row = session.get(BrokerState, RECONCILED_KEY)
+    return int(row.value) if row is not None else 0
 
 
 def _resend_listings(db: Database, publisher: Publisher, *, everything: bool, unsent_before: datetime) -> int:

@@ -80,6 +80,12 @@ def snapshot_metrics(snapshot: Snapshot) -> Iterator[Metric]:
             "Suggestions whose Grad-CAM overlay failed.",
             value=snapshot.explain_errors,
         )
+    if snapshot.reconciled is not None:
+        yield CounterMetricFamily(
+            f"{PREFIX}_reconciled_messages",
+            "Messages the sweep found lost in the broker (long waiting, held nowhere) and sent again.",
+            value=snapshot.reconciled,
+        )
     if snapshot.embeddings_total is not None:
         yield CounterMetricFamily(
             f"{PREFIX}_embeddings",

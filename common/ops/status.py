@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from common.db import Database
 from common.delivery.publisher import BROKER_ERRORS, producer_app, queue_depths
 from common.delivery.queues import QUEUES
+from common.delivery.sweep import reconciled_total
 from common.object_store import STORAGE_ERRORS, ObjectStore
 from common.schema import ClusteringVersion, Embedding, Listing, ListingStatus, Suggestion
 from common.settings import Settings
@@ -36,6 +37,8 @@ class Snapshot:
     needs_review: int | None = None
     explanations: int | None = None
     explain_errors: int | None = None
+    # Messages the sweep found lost in the broker and sent again, over the deployment's life.
+    reconciled: int | None = None
     embeddings_total: int | None = None
     embeddings_recent: int | None = None
     clustering: dict[str, Any] | None = None
@@ -58,6 +61,7 @@ class Snapshot:
             "needs_review": self.needs_review,
             "explanations": self.explanations,
             "explain_errors": self.explain_errors,
+            "reconciled_total": self.reconciled,
             "embeddings": {
                 "total": self.embeddings_total,
                 f"last_{int(THROUGHPUT_WINDOW.total_seconds())}s": self.embeddings_recent,
@@ -140,6 +144,7 @@ def database_section(session: Session, settings: Settings, snapshot: Snapshot) -
     snapshot.needs_review = int(needs_review)
     snapshot.explanations = int(explanations)
     snapshot.explain_errors = int(explain_errors)
+    snapshot.reconciled = reconciled_total(session)
     now = datetime.now(UTC)
     total, recent = session.execute(
         select(

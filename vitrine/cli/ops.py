@@ -158,6 +158,7 @@ def _print_status(report: dict[str, object]) -> None:
         "needs_review",
         "explanations",
         "explain_errors",
+        "reconciled_total",
         "embeddings",
         "clustering",
         "last_refit",
