@@ -192,7 +192,7 @@ class Suggestion(Base):
 
     __table_args__ = (
         Index("ix_suggestion_review", "needs_review", "confidence"),
-        Index("ix_suggestion_queue", "confidence", "listing_id", postgresql_where=text("needs_review")),
+        # The review queue's index is on `common.moderation.triage.priority()`: migration 0007.
     )
 
 

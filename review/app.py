@@ -21,7 +21,7 @@ from common.moderation.accounts import Identity
 from common.runtime import Runtime
 from common.settings import Settings, load_settings
 from review.auth import Reader, Sessions, SignInRequired
-from review.routes import listings, pages, review_api
+from review.routes import desk, listings, pages, review_api
 
 # Pages load scripts only from this app; photos and overlays come from the object store or the
 # marketplace's own hosts, hence any https image source.
@@ -56,6 +56,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(listings.router)
     app.include_router(review_api.router)
     app.include_router(pages.router)
+    app.include_router(desk.router)
 
     @app.get("/api/v1/openapi.json", include_in_schema=False)
     def openapi(_: Identity = Reader) -> dict[str, Any]:

@@ -110,3 +110,38 @@ def labelled_neighbours(session: Session, listing_id: int, limit: int = 6) -> li
         }
         for i in order
     ]
+
+
+def category_examples(
+    session: Session, listing_id: int, categories: list[str], per_category: int = 3
+) -> dict[str, list[dict[str, Any]]]:
+    """For each candidate category, the labelled listings of it that look most like this one.
+
+    What a moderator compares the photo with before choosing between the top candidates. Among
+    at most 300 labelled listings per category (same backbone), nearest first.
+    """
+    own = session.execute(
+        select(Embedding.vector, Embedding.backbone_id)
+        .where(Embedding.listing_id == listing_id)
+        .order_by(Embedding.id.desc())
+        .limit(1)
+    ).first()
+    if own is None or not categories:
+        return {}
+    label = label_expression().label("label")
+    examples: dict[str, list[dict[str, Any]]] = {}
+    for category in categories:
+        rows = session.execute(
+            select(Listing.external_id, Listing.title, Listing.image_url, Embedding.vector)
+            .join(Embedding, Embedding.listing_id == Listing.id)
+            .where(Embedding.backbone_id == own.backbone_id, Listing.id != listing_id, label == category)
+            .limit(300)
+        ).all()
+        if not rows:
+            continue
+        similarity = np.stack([r.vector for r in rows]) @ np.asarray(own.vector)
+        examples[category] = [
+            {"external_id": rows[i].external_id, "title": rows[i].title, "image_url": rows[i].image_url}
+            for i in np.argsort(-similarity)[:per_category]
+        ]
+    return examples

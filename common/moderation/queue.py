@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from common.moderation.labels import Action, standing
+from common.moderation.triage import priority
 from common.schema import (
     ClusteringVersion,
     Listing,
@@ -32,29 +34,78 @@ class Lease:
 CLAIM_TRIES = 8
 
 
-def _waiting(category: str | None = None) -> list[Any]:
-    """Conditions of a suggestion that waits for a moderator."""
+@dataclass(frozen=True)
+class Filters:
+    """What a moderator chose to review: one suggested category, one reason, a confidence range."""
+
+    category: str | None = None
+    reason: str | None = None
+    min_confidence: float | None = None
+    max_confidence: float | None = None
+
+
+ALL = Filters()
+
+
+def _waiting(filters: Filters = ALL) -> list[Any]:
+    """Conditions of a suggestion that waits for a moderator (and matches the filters)."""
     conditions: list[Any] = [Suggestion.needs_review, Listing.status == ListingStatus.suggested]
-    if category is not None:
-        conditions.append(Suggestion.category == category)
+    if filters.category is not None:
+        conditions.append(Suggestion.category == filters.category)
+    if filters.reason is not None:
+        # Suggestions made before reasons existed wait for low confidence.
+        conditions.append(func.coalesce(Suggestion.review_reason, "low_confidence") == filters.reason)
+    if filters.min_confidence is not None:
+        conditions.append(Suggestion.confidence >= filters.min_confidence)
+    if filters.max_confidence is not None:
+        conditions.append(Suggestion.confidence <= filters.max_confidence)
     return conditions
 
 
-def claim(session: Session, moderator: str, lease_seconds: int, category: str | None = None) -> Lease | None:
-    """The next item for this moderator (lowest confidence first) under a fresh lease, or None.
+def _skipped_by(moderator: str) -> Any:
+    """Items this moderator skipped (and did not undo): someone else's to decide."""
+    return select(ModeratorDecision.id).where(
+        ModeratorDecision.listing_id == Suggestion.listing_id,
+        ModeratorDecision.moderator == moderator,
+        ModeratorDecision.action == Action.skip,
+        standing(),
+    )
 
-    An item the moderator already holds comes back first (a reloaded page keeps its item). Rows
-    another transaction is claiming are skipped, not waited for (`SKIP LOCKED`), so two moderators
-    claiming at once get two different items.
+
+def waiting_in_order(filters: Filters = ALL, *conditions: Any, limit: int = 1) -> Select[Any]:
+    """Waiting items in the order moderators get them (`triage.priority`, then the oldest listing)."""
+    return (
+        select(Suggestion.listing_id, Listing.external_id)
+        .join(Listing, Listing.id == Suggestion.listing_id)
+        .where(*_waiting(filters), *conditions)
+        .order_by(priority(), Suggestion.listing_id)
+        .limit(limit)
+    )
+
+
+def claim(
+    session: Session,
+    moderator: str,
+    lease_seconds: int,
+    filters: Filters = ALL,
+    exclude: Collection[str] = (),
+) -> Lease | None:
+    """The next item for this moderator (in `triage.priority` order) under a fresh lease, or None.
+
+    An item the moderator already holds comes back first (a reloaded page keeps its item), unless
+    it is in `exclude` (external ids the desk already shows or keeps ready). Rows another
+    transaction is claiming are skipped, not waited for (`SKIP LOCKED`), and a lease is taken only
+    where nobody holds a live one, so two moderators claiming at once get two different items.
     """
     now = datetime.now(UTC)
     expires = now + timedelta(seconds=lease_seconds)
+    shown = [Listing.external_id.not_in(list(exclude))] if exclude else []
     held = session.execute(
         select(ReviewLease.listing_id, Listing.external_id)
         .join(Listing, Listing.id == ReviewLease.listing_id)
         .join(Suggestion, Suggestion.listing_id == ReviewLease.listing_id)
-        .where(ReviewLease.moderator == moderator, ReviewLease.expires_at > now, *_waiting(category))
-        .order_by(Suggestion.confidence)
+        .where(ReviewLease.moderator == moderator, ReviewLease.expires_at > now, *_waiting(filters), *shown)
+        .order_by(priority(), Suggestion.listing_id)
         .limit(1)
         .with_for_update(of=ReviewLease)
     ).first()
@@ -67,24 +118,13 @@ def claim(session: Session, moderator: str, lease_seconds: int, category: str | 
     leased = select(ReviewLease.listing_id).where(
         ReviewLease.listing_id == Suggestion.listing_id, ReviewLease.expires_at > now
     )
-    # Skipped by this moderator (and not undone): someone else's to decide.
-    skipped = select(ModeratorDecision.id).where(
-        ModeratorDecision.listing_id == Suggestion.listing_id,
-        ModeratorDecision.moderator == moderator,
-        ModeratorDecision.action == Action.skip,
-        standing(),
-    )
+    skipped = _skipped_by(moderator)
     taken: list[int] = []
     for _ in range(CLAIM_TRIES):
         row = session.execute(
-            select(Suggestion.listing_id, Listing.external_id)
-            .join(Listing, Listing.id == Suggestion.listing_id)
-            .where(
-                *_waiting(category), ~leased.exists(), ~skipped.exists(), Suggestion.listing_id.not_in(taken)
-            )
-            .order_by(Suggestion.confidence, Suggestion.listing_id)
-            .limit(1)
-            .with_for_update(of=Suggestion, skip_locked=True)
+            waiting_in_order(
+                filters, ~leased.exists(), ~skipped.exists(), Suggestion.listing_id.not_in(taken)
+            ).with_for_update(of=Suggestion, skip_locked=True)
         ).first()
         if row is None:
             return None
@@ -105,6 +145,49 @@ def claim(session: Session, moderator: str, lease_seconds: int, category: str | 
             return Lease(row.listing_id, row.external_id, expires)
         taken.append(row.listing_id)
     return None
+
+
+def held(session: Session, moderator: str, external_id: str) -> Lease | None:
+    """The moderator's live lease on this item, if they hold one."""
+    row = session.execute(
+        select(ReviewLease.listing_id, ReviewLease.expires_at)
+        .join(Listing, Listing.id == ReviewLease.listing_id)
+        .where(
+            Listing.external_id == external_id,
+            ReviewLease.moderator == moderator,
+            ReviewLease.expires_at > datetime.now(UTC),
+        )
+    ).first()
+    return None if row is None else Lease(row.listing_id, external_id, row.expires_at)
+
+
+def _held(moderator: str, external_ids: Collection[str]) -> Any:
+    return ReviewLease.moderator == moderator, ReviewLease.listing_id.in_(
+        select(Listing.id).where(Listing.external_id.in_(list(external_ids)))
+    )
+
+
+def renew(session: Session, moderator: str, external_ids: Collection[str], lease_seconds: int) -> int:
+    """Extend the moderator's live leases on these items (the desk is still open); how many."""
+    if not external_ids:
+        return 0
+    now = datetime.now(UTC)
+    result = session.execute(
+        update(ReviewLease)
+        .where(*_held(moderator, external_ids), ReviewLease.expires_at > now)
+        .values(expires_at=now + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def release(session: Session, moderator: str, external_ids: Collection[str]) -> int:
+    """Give back the moderator's leases on these items (the desk closed, or its filters changed)."""
+    if not external_ids:
+        return 0
+    statement = delete(ReviewLease).where(*_held(moderator, external_ids))
+    result = session.execute(statement.execution_options(synchronize_session=False))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def known_categories(session: Session) -> set[str]:
@@ -135,18 +218,32 @@ def known_categories(session: Session) -> set[str]:
     return known
 
 
-def waiting_counts(session: Session) -> dict[str, dict[str, int]]:
-    """Items waiting for a moderator, per suggested category and per reason."""
+def waiting_counts(session: Session, moderator: str | None = None) -> dict[str, dict[str, int]]:
+    """Items waiting for a moderator, per suggested category and per reason.
+
+    With `moderator`, what waits for that moderator: the items they skipped are someone else's
+    now, and counted apart (`skipped`).
+    """
     per_category: dict[str, int] = {}
     per_reason: dict[str, int] = {}
+    mine: list[Any] = [] if moderator is None else [~_skipped_by(moderator).exists()]
     for category, reason, count in session.execute(
         select(Suggestion.category, Suggestion.review_reason, func.count())
         .join(Listing, Listing.id == Suggestion.listing_id)
-        .where(*_waiting())
+        .where(*_waiting(), *mine)
         .group_by(Suggestion.category, Suggestion.review_reason)
     ):
         key = category or "(none)"
         per_category[key] = per_category.get(key, 0) + count
         reason_key = reason or "low_confidence"
         per_reason[reason_key] = per_reason.get(reason_key, 0) + count
-    return {"per_category": per_category, "per_reason": per_reason}
+    counts = {"per_category": per_category, "per_reason": per_reason}
+    if moderator is not None:
+        skipped = session.execute(
+            select(func.count())
+            .select_from(Suggestion)
+            .join(Listing, Listing.id == Suggestion.listing_id)
+            .where(*_waiting(), _skipped_by(moderator).exists())
+        ).scalar_one()
+        counts["skipped"] = {"by_you": int(skipped)}
+    return counts

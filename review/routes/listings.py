@@ -105,7 +105,7 @@ def _with_urls(runtime: Runtime, view: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-@router.get("/listings/{external_id}", summary="A listing's status, suggestion and decision")
+@router.get("/listings/{external_id:path}", summary="A listing's status, suggestion and decision")
 async def get_listing(
     request: Request,
     external_id: str,

@@ -1,24 +1,20 @@
-"""The moderators' pages: sign-in, the review page kept open all day, history, dashboard."""
+"""The moderators' pages: sign-in, history, dashboard (the review desk is `review.routes.desk`)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy.orm import Session
 
-from common.listings.views import labelled_neighbours, listing_view
-from common.moderation import decisions, history, queue
+from common.moderation import history
 from common.moderation.accounts import Identity, authenticate
-from common.object_store import STORAGE_ERRORS, overlay_url
+from common.object_store import STORAGE_ERRORS
 from common.photos.urls import parse_s3_url
 from common.runtime import Runtime
 from review.auth import CSRF_FIELD, Moderator, check_form_csrf, new_csrf, runtime_of, sessions_of
@@ -32,7 +28,7 @@ STATIC = {"review.js": "text/javascript"}
 router = APIRouter(include_in_schema=False)
 
 
-def _render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
     sessions = sessions_of(request)
     data = sessions.read(request)
     fresh = "csrf" not in data
@@ -55,7 +51,7 @@ def _safe_next(target: str | None) -> str:
 
 @router.get("/sign-in")
 def sign_in_page(request: Request, next: str = Query("/review", max_length=500)) -> HTMLResponse:
-    return _render(request, "sign_in.html", {"next": _safe_next(next), "error": None})
+    return render(request, "sign_in.html", {"next": _safe_next(next), "error": None})
 
 
 @router.post("/sign-in")
@@ -78,7 +74,7 @@ async def sign_in(
     account_id = await run_in_threadpool(check)
     if account_id is None:
         await asyncio.sleep(sessions.failure_delay(name))
-        return _render(
+        return render(
             request, "sign_in.html", {"next": _safe_next(next), "error": "Wrong name or password."}, 401
         )
     sessions.forget_failures(name)
@@ -121,103 +117,6 @@ def photo_url(runtime: Runtime, image_url: str | None) -> str | None:
     return image_url
 
 
-def _review_context(runtime: Runtime, moderator: str, category: str | None) -> dict[str, Any]:
-    lease = runtime.settings.review.review_lease_seconds
-    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    with runtime.db.transaction() as session:
-        claimed = queue.claim(session, moderator, lease, category)
-    with runtime.db.transaction() as session:
-        item = listing_view(session, claimed.external_id) if claimed is not None else None
-        neighbours = labelled_neighbours(session, item["id"]) if item is not None else []
-        context = {
-            "item": item,
-            "lease_expires_at": claimed.expires_at if claimed is not None else None,
-            "neighbours": [{**n, "photo": photo_url(runtime, n["image_url"])} for n in neighbours],
-            "waiting": queue.waiting_counts(session),
-            "decided_today": decisions.decided_since(session, moderator, midnight),
-            "last": decisions.last_decision(session, moderator),
-            "categories": sorted(queue.known_categories(session)),
-            "category": category,
-        }
-    if item is not None:
-        suggestion = item["suggestion"] or {}
-        context["photo"] = photo_url(runtime, item["image_url"])
-        context["heatmap"] = overlay_url(runtime.store, runtime.settings, suggestion.get("heatmap_key"))
-        context["overlay"] = overlay_url(runtime.store, runtime.settings, suggestion.get("overlay_key"))
-    return context
-
-
-@router.get("/review")
-async def review_page(
-    request: Request,
-    category: str | None = Query(None, max_length=200),
-    notice: str | None = Query(None, max_length=500),
-    identity: Identity = Moderator,
-) -> HTMLResponse:
-    runtime = runtime_of(request)
-    context = await run_in_threadpool(_review_context, runtime, identity.name, category or None)
-    return _render(request, "review.html", {**context, "identity": identity, "notice": notice})
-
-
-async def _attempt(runtime: Runtime, work: Callable[[Session], None]) -> str | None:
-    """Run a moderator's action in one transaction off the event loop; the refusal's message, if any."""
-
-    def run() -> str | None:
-        try:
-            with runtime.db.transaction() as session:
-                work(session)
-        except decisions.ReviewError as error:
-            return error.message
-        return None
-
-    return await run_in_threadpool(run)
-
-
-def _back_to_review(category: str | None, notice: str | None = None) -> RedirectResponse:
-    query = {k: v for k, v in (("category", category), ("notice", notice)) if v}
-    return RedirectResponse("/review" + ("?" + urlencode(query) if query else ""), status_code=303)
-
-
-@router.post("/review/{external_id}/decide")
-async def decide_form(
-    request: Request,
-    external_id: str,
-    action: str = Form(max_length=16),
-    category: str | None = Form(None, max_length=200),
-    note: str | None = Form(None, max_length=decisions.MAX_NOTE),
-    filter_category: str | None = Form(None, max_length=200),
-    csrf_token: str = Form(""),
-    identity: Identity = Moderator,
-) -> Response:
-    check_form_csrf(request, csrf_token)
-    runtime = runtime_of(request)
-    if action == "override" and category is None:
-        raise HTTPException(422, "category: required to override")
-
-    def work(session: Session) -> None:
-        decisions.decide(session, identity.name, external_id, action, category or None, note or None)
-
-    return _back_to_review(filter_category, await _attempt(runtime, work))
-
-
-@router.post("/review/undo")
-async def undo_form(
-    request: Request,
-    external_id: str = Form(max_length=200),
-    filter_category: str | None = Form(None, max_length=200),
-    csrf_token: str = Form(""),
-    identity: Identity = Moderator,
-) -> Response:
-    check_form_csrf(request, csrf_token)
-    runtime = runtime_of(request)
-    lease = runtime.settings.review.review_lease_seconds
-
-    def work(session: Session) -> None:
-        decisions.undo(session, identity.name, external_id, lease)
-
-    return _back_to_review(filter_category, await _attempt(runtime, work))
-
-
 @router.get("/history")
 async def history_page(
     request: Request,
@@ -232,7 +131,7 @@ async def history_page(
             return history.history(session, moderator or None, category or None)
 
     decisions = await run_in_threadpool(rows)
-    return _render(
+    return render(
         request,
         "history.html",
         {"identity": identity, "decisions": decisions, "moderator": moderator, "category": category},
@@ -249,7 +148,7 @@ async def dashboard_page(request: Request, identity: Identity = Moderator) -> HT
     )
     largest = max((c["size"] for c in figures["current_clusters"]), default=0)
     hourly = hourly_bars(figures["decisions_per_hour"], datetime.now(UTC))
-    return _render(
+    return render(
         request,
         "dashboard.html",
         {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -19,6 +19,7 @@ from review.auth import Reviewer, runtime_of
 
 router = APIRouter(prefix="/api/v1", tags=["review"])
 T = TypeVar("T")
+ReasonName = Literal["low_confidence", "seller_disagrees", "audit_sample"]
 
 
 class DecisionIn(BaseModel):
@@ -38,23 +39,31 @@ def in_transaction(runtime: Runtime, work: Callable[[Session], T]) -> T:
         raise HTTPException(error.status, error.message) from None
 
 
+# An external id may hold any character, `/` included: clients percent-encode it in the path
+# (`a%2Fb`), and the `:path` parameters take it whole.
+
+
 @router.post("/review/claim", summary="Claim the next item waiting for review", response_model=None)
 async def claim(
     request: Request,
     category: str | None = Query(None, max_length=200),
+    reason: Annotated[ReasonName | None, Query()] = None,
+    min_confidence: float | None = Query(None, ge=0, le=1),
+    max_confidence: float | None = Query(None, ge=0, le=1),
     identity: Identity = Reviewer,
 ) -> dict[str, Any] | Response:
     runtime = runtime_of(request)
     lease = runtime.settings.review.review_lease_seconds
+    filters = queue.Filters(category or None, reason, min_confidence, max_confidence)
     claimed = await run_in_threadpool(
-        in_transaction, runtime, lambda s: queue.claim(s, identity.name, lease, category)
+        in_transaction, runtime, lambda s: queue.claim(s, identity.name, lease, filters)
     )
     if claimed is None:
         return Response(status_code=204)
     return {"external_id": claimed.external_id, "lease_expires_at": claimed.expires_at.isoformat()}
 
 
-@router.post("/review/{external_id}/decision", summary="Accept, override or skip a claimed item")
+@router.post("/review/{external_id:path}/decision", summary="Accept, override or skip a claimed item")
 async def decision(
     request: Request, external_id: str, body: DecisionIn, identity: Identity = Reviewer
 ) -> dict[str, Any]:
@@ -67,7 +76,7 @@ async def decision(
     return {"id": row.id, "external_id": external_id, "action": row.action, "category": row.category}
 
 
-@router.post("/review/{external_id}/undo", summary="Revert your last decision on an item")
+@router.post("/review/{external_id:path}/undo", summary="Revert your last decision on an item")
 async def undo(request: Request, external_id: str, identity: Identity = Reviewer) -> dict[str, Any]:
     runtime = runtime_of(request)
     lease = runtime.settings.review.review_lease_seconds
