@@ -74,7 +74,7 @@ def fill(database: Database, n: int) -> None:
         session.execute(text("ANALYZE listing; ANALYZE suggestion"))
 
 
-def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_review_app(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "vitrine.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "ab") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -127,7 +127,7 @@ def run_review_benchmark(
             "VITRINE_SESSION_SECRET": secrets.token_urlsafe(32),
         }
         try:
-            server = _serve(env, port, log_dir / "bench-review.log")
+            server = start_review_app(env, port, log_dir / "bench-review.log")
             base = f"http://127.0.0.1:{port}"
             with httpx.Client(base_url=base, timeout=60) as client:
                 reviewer = {"Authorization": f"Bearer {review_token}"}

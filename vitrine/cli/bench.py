@@ -94,6 +94,36 @@ def bench_review(
     console.print(f"ingest: {ingest['listings_per_s']} listings/s in lists of {ingest['batch']}")
 
 
+@bench_app.command("desk")
+def bench_desk(
+    ctx: typer.Context,
+    images: Annotated[Path, typer.Option(help="Photos (.jpg) for the queue's listings.")] = Path(
+        "../shared/data/flipkart/images"
+    ),
+    decisions: Annotated[int, typer.Option(min=5, help="Decisions measured in each flow.")] = 40,
+    log_dir: Path = Path(".vitrine/logs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """p50/p95 from a key to the next item on screen: the desk beside the plain forms, in chromium."""
+    from vitrine.bench.desk import run_desk_benchmark
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    result = run_desk_benchmark(state(ctx).settings, images, decisions, log_dir)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table("key → next item", "p50 ms", "p95 ms", "n")
+    for name, row in (
+        ("desk", result["desk"]),
+        ("plain forms", result["forms"]),
+        ("desk, with the driver's round trips", result["desk"]["with_driver"]),
+        ("plain forms, with the driver's round trips", result["forms"]["with_driver"]),
+    ):
+        table.add_row(name, str(row["p50_ms"]), str(row["p95_ms"]), str(row["n"]))
+    console.print(table)
+    console.print(f"forms / desk: {result['ratio_p50']}× at p50, {result['ratio_p95']}× at p95")
+
+
 @bench_app.command("latency")
 def bench_latency(
     ctx: typer.Context,
