@@ -119,7 +119,6 @@ def configure_processes(demo: DemoEnvironment) -> None:
         # Quick batches for a demo: each flush waits at most half a second.
         VITRINE_FLUSH_INTERVAL=os.environ.get("VITRINE_FLUSH_INTERVAL", "0.5"),
         VITRINE_SESSION_SECRET=secrets.token_urlsafe(32),
-        VITRINE_REVIEW_URL=f"http://127.0.0.1:{demo.review_port}",
     )
     # The model choice travels with the demo's environment, so `vitrine status` sees the same backbone.
     demo.env.update({k: os.environ[k] for k in ("VITRINE_MODEL", "VITRINE_WEIGHTS") if k in os.environ})
