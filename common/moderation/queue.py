@@ -47,7 +47,7 @@ class Filters:
 ALL = Filters()
 
 
-def _waiting(filters: Filters = ALL) -> list[Any]:
+def waiting(filters: Filters = ALL) -> list[Any]:
     """Conditions of a suggestion that waits for a moderator (and matches the filters)."""
     conditions: list[Any] = [Suggestion.needs_review, Listing.status == ListingStatus.suggested]
     if filters.category is not None:
@@ -62,7 +62,7 @@ def _waiting(filters: Filters = ALL) -> list[Any]:
     return conditions
 
 
-def _skipped_by(moderator: str) -> Any:
+def skipped_by(moderator: str) -> Any:
     """Items this moderator skipped (and did not undo): someone else's to decide."""
     return select(ModeratorDecision.id).where(
         ModeratorDecision.listing_id == Suggestion.listing_id,
@@ -77,7 +77,7 @@ def waiting_in_order(filters: Filters = ALL, *conditions: Any, limit: int = 1) -
     return (
         select(Suggestion.listing_id, Listing.external_id)
         .join(Listing, Listing.id == Suggestion.listing_id)
-        .where(*_waiting(filters), *conditions)
+        .where(*waiting(filters), *conditions)
         .order_by(priority(), Suggestion.listing_id)
         .limit(limit)
     )
@@ -104,7 +104,7 @@ def claim(
         select(ReviewLease.listing_id, Listing.external_id)
         .join(Listing, Listing.id == ReviewLease.listing_id)
         .join(Suggestion, Suggestion.listing_id == ReviewLease.listing_id)
-        .where(ReviewLease.moderator == moderator, ReviewLease.expires_at > now, *_waiting(filters), *shown)
+        .where(ReviewLease.moderator == moderator, ReviewLease.expires_at > now, *waiting(filters), *shown)
         .order_by(priority(), Suggestion.listing_id)
         .limit(1)
         .with_for_update(of=ReviewLease)
@@ -118,7 +118,7 @@ def claim(
     leased = select(ReviewLease.listing_id).where(
         ReviewLease.listing_id == Suggestion.listing_id, ReviewLease.expires_at > now
     )
-    skipped = _skipped_by(moderator)
+    skipped = skipped_by(moderator)
     taken: list[int] = []
     for _ in range(CLAIM_TRIES):
         row = session.execute(
@@ -226,11 +226,11 @@ def waiting_counts(session: Session, moderator: str | None = None) -> dict[str, 
     """
     per_category: dict[str, int] = {}
     per_reason: dict[str, int] = {}
-    mine: list[Any] = [] if moderator is None else [~_skipped_by(moderator).exists()]
+    mine: list[Any] = [] if moderator is None else [~skipped_by(moderator).exists()]
     for category, reason, count in session.execute(
         select(Suggestion.category, Suggestion.review_reason, func.count())
         .join(Listing, Listing.id == Suggestion.listing_id)
-        .where(*_waiting(), *mine)
+        .where(*waiting(), *mine)
         .group_by(Suggestion.category, Suggestion.review_reason)
     ):
         key = category or "(none)"
@@ -243,7 +243,7 @@ def waiting_counts(session: Session, moderator: str | None = None) -> dict[str, 
             select(func.count())
             .select_from(Suggestion)
             .join(Listing, Listing.id == Suggestion.listing_id)
-            .where(*_waiting(), _skipped_by(moderator).exists())
+            .where(*waiting(), skipped_by(moderator).exists())
         ).scalar_one()
         counts["skipped"] = {"by_you": int(skipped)}
     return counts

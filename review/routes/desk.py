@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from sqlalchemy.orm import Session
 
 from common.listings.views import category_examples, labelled_neighbours, listing_view
-from common.moderation import decisions, queue
+from common.moderation import decisions, groups, queue
 from common.moderation.accounts import Identity
 from common.moderation.queue import Filters, Lease
 from common.object_store import overlay_url
@@ -104,20 +104,41 @@ def _progress(session: Session, moderator: str) -> dict[str, Any]:
     }
 
 
+def _members(runtime: Runtime, session: Session, members: list[Lease]) -> list[dict[str, Any]]:
+    """What the desk shows of a group's members: a thumbnail each, and what they are."""
+    shown = []
+    for member in members:
+        view = listing_view(session, member.external_id)
+        if view is not None:
+            shown.append(
+                {
+                    "external_id": member.external_id,
+                    "title": view["title"],
+                    "photo": photo_url(runtime, view["image_url"]),
+                    "confidence": (view["suggestion"] or {}).get("confidence"),
+                }
+            )
+    return shown
+
+
 def _claim_items(
     runtime: Runtime, moderator: str, filters: Filters, exclude: list[str], n: int
 ) -> list[tuple[Lease, dict[str, Any]]]:
+    """Up to `n` items, each with the look-alikes decided with it (`groups`), all leased."""
     lease_seconds = runtime.settings.review.review_lease_seconds
     claimed: list[tuple[Lease, dict[str, Any]]] = []
     shown = list(exclude)
     for _ in range(n):
         with runtime.db.transaction() as session:
             lease = queue.claim(session, moderator, lease_seconds, filters, shown)
-        if lease is None:
-            break
-        shown.append(lease.external_id)
+            if lease is None:
+                break
+            members = groups.group(session, moderator, lease, lease_seconds, shown)
+        shown += [lease.external_id, *(m.external_id for m in members)]
         with runtime.db.transaction() as session:
             context = _item(runtime, session, lease)
+            if context is not None:
+                context["group"] = _members(runtime, session, members)
         if context is not None:
             claimed.append((lease, context))
     return claimed
@@ -182,6 +203,7 @@ async def next_items(
     items = [
         {
             "external_id": lease.external_id,
+            "members": [m["external_id"] for m in context["group"]],
             "expires_at": lease.expires_at.isoformat(),
             "html": _fragment(request, {**context, "filters": filters}, csrf),
         }
@@ -236,6 +258,7 @@ async def decide(
     action: str = Form(max_length=16),
     category: str | None = Form(None, max_length=200),
     note: str | None = Form(None, max_length=decisions.MAX_NOTE),
+    member: Annotated[list[str], Form()] = [],  # noqa: B006 (FastAPI copies it)
     filter_category: str | None = Form(None, max_length=200),
     filter_reason: Annotated[Reason | None, Form()] = None,
     filter_min_confidence: float | None = Form(None, ge=0, le=1),
@@ -243,17 +266,29 @@ async def decide(
     csrf_token: str = Form(""),
     identity: Identity = Moderator,
 ) -> Response:
-    """A decision on one claimed item; the external id is a form field, so any id works."""
+    """A decision on one claimed item and the members of its group that were left ticked.
+
+    The external id is a form field, so any id works. Each member is decided in a transaction of
+    its own (its own audit row): one refused member does not undo the others.
+    """
     check_form_csrf(request, csrf_token)
     runtime = runtime_of(request)
     if action == "override" and not category:
         raise HTTPException(422, "category: required to override")
 
-    def work(session: Session) -> None:
-        decisions.decide(session, identity.name, external_id, action, category or None, note or None)
+    def work_on(target: str) -> Callable[[Session], None]:
+        def work(session: Session) -> None:
+            decisions.decide(session, identity.name, target, action, category or None, note or None)
 
+        return work
+
+    refused = await _attempt(runtime, work_on(external_id))
+    if refused is None:
+        for other in member[: groups.MAX_MEMBERS]:
+            if other != external_id:
+                await _attempt(runtime, work_on(other))
     filters = _filters(filter_category, filter_reason, filter_min_confidence, filter_max_confidence)
-    return await _answer(request, runtime, identity.name, filters, await _attempt(runtime, work))
+    return await _answer(request, runtime, identity.name, filters, refused)
 
 
 @router.post("/review/undo")

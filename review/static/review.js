@@ -48,11 +48,21 @@
     });
   }
 
+  // An item on the desk: its id, its HTML, and the ids of its group's members (leased with it).
+  function itemOf(article) {
+    return {
+      external_id: article.dataset.externalId,
+      html: article.outerHTML,
+      members: JSON.parse(article.dataset.members || "[]"),
+    };
+  }
+
+  // Every id the desk holds a lease on: the item shown, those kept ready, their groups.
   function held() {
-    const ids = ready.map((item) => item.external_id);
-    const shown = currentId();
-    if (shown) ids.unshift(shown);
-    return ids;
+    const items = ready.slice();
+    const shown = desk.querySelector(".desk-item");
+    if (shown) items.unshift(itemOf(shown));
+    return items.flatMap((item) => [item.external_id].concat(item.members || []));
   }
 
   // The browser fetches and decodes an item's images before it is shown, so showing it is a swap.
@@ -71,7 +81,8 @@
     fetching = true;
     const fields = filterFields();
     fields.set("n", String(AHEAD - ready.length));
-    held().concat(outbox.map((d) => d.external_id)).forEach((id) => fields.append("exclude", id));
+    const posting = outbox.flatMap((d) => d.fields.filter(([k]) => k === "external_id" || k === "member"));
+    held().concat(posting.map(([, id]) => id)).forEach((id) => fields.append("exclude", id));
     post("/review/next", fields)
       .then((response) => (response.ok ? response.json() : { items: [] }))
       .then(function (body) {
@@ -175,7 +186,7 @@
     outbox.push({
       external_id: fields.get("external_id"),
       fields: Array.from(fields.entries()),
-      item: { external_id: fields.get("external_id"), html: shown ? shown.outerHTML : "" },
+      item: shown ? itemOf(shown) : { external_id: fields.get("external_id"), html: "", members: [] },
     });
     say("");
     show(ready.shift());
@@ -184,7 +195,7 @@
 
   function putBack() {
     const shown = desk.querySelector(".desk-item");
-    if (shown) ready.unshift({ external_id: shown.dataset.externalId, html: shown.outerHTML });
+    if (shown) ready.unshift(itemOf(shown));
   }
 
   function undo() {
@@ -311,6 +322,11 @@
     if (key === "z" || (key === "Escape" && document.querySelector(".photo.zoomed"))) {
       const box = document.getElementById("photo-box");
       if (box) box.classList.toggle("zoomed");
+      return;
+    }
+    if (key === "x") {
+      // This item alone: the group's members are left for later.
+      desk.querySelectorAll('#group input[name="member"]').forEach((box) => { box.checked = !box.checked; });
       return;
     }
     if (key === "u") { event.preventDefault(); if (!undoForm.hidden || outbox.length) undo(); return; }

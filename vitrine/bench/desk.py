@@ -182,7 +182,7 @@ def _form_flow(page: Any, decisions: int) -> tuple[list[float], list[float]]:
 
 
 def run_desk_benchmark(settings: Settings, images: Path, decisions: int, log_dir: Path) -> dict[str, Any]:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import ViewportSize, sync_playwright
 
     chromium = shutil.which("chromium")
     if chromium is None:
@@ -217,7 +217,7 @@ def run_desk_benchmark(settings: Settings, images: Path, decisions: int, log_dir
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
                 try:
-                    viewport = {"width": 1366, "height": 768}
+                    viewport: ViewportSize = {"width": 1366, "height": 768}
                     desk = browser.new_context(viewport=viewport).new_page()
                     _sign_in(desk, base, "desk", password)
                     _wait(desk, SHOWN)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -142,6 +143,33 @@ def evaluate(
             f"[yellow]{len(report['unreadable'])} unreadable images[/yellow] (listed in the report)"
         )
     console.print(f"report: {out / 'report.html'}")
+
+
+@app.command("queue-groups")
+def queue_groups(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """How many moderator actions resolve the waiting queue with the desk's groups and without
+    (walked as one moderator, then rolled back: nothing is decided)."""
+    from common.db import Database
+    from vitrine.evaluation.groups import queue_actions
+
+    database = Database(state(ctx).settings.services.database_url)
+    try:
+        figures = queue_actions(database)
+    finally:
+        database.dispose()
+    if as_json:
+        print(json.dumps(figures))
+        return
+    alone, together = figures["without_groups"], figures["with_groups"]
+    console.print(
+        f"{alone['waiting']} waiting: {alone['actions']} actions one by one,"
+        f" {together['actions']} with groups"
+        f" ({together['groups']} groups holding {together['grouped_items']} more items;"
+        f" {together['mixed_groups']} mixing known labels; cosine ≥ {figures['similarity']})"
+    )
 
 
 def _figure(value: float | None) -> str:
