@@ -180,6 +180,12 @@ class Suggestion(Base):
     overlay_key: Mapped[str | None] = mapped_column(Text)
     heatmap_key: Mapped[str | None] = mapped_column(Text)
     explain_target: Mapped[str | None] = mapped_column(String(40))
+    # The overlay of the decision before this one, kept while the item waits for a moderator and
+    # its new overlay is being made (the desk shows it, marked as such); cleared, and its objects
+    # deleted, when the new one is recorded.
+    previous_overlay_key: Mapped[str | None] = mapped_column(Text)
+    previous_heatmap_key: Mapped[str | None] = mapped_column(Text)
+    previous_explain_target: Mapped[str | None] = mapped_column(String(40))
     explain_error: Mapped[str | None] = mapped_column(Text)
     # When an overlay was last asked for; NULL: not yet asked (the sweep asks).
     explain_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -250,6 +250,11 @@ def _record(db: Database, work: list[_Work], report: ExplainReport) -> list[int]
                     heatmap_key=done.heatmap_key,
                     explain_target=done.target,
                     explain_error=None,
+                    # The previous decision's overlay has been on view until now; its objects go
+                    # with the other superseded ones (`_delete_superseded`).
+                    previous_overlay_key=None,
+                    previous_heatmap_key=None,
+                    previous_explain_target=None,
                 )
                 .returning(Suggestion.listing_id)
             ).scalar_one_or_none()

@@ -54,6 +54,10 @@ def listing_view(session: Session, external_id: str) -> dict[str, Any] | None:
             "clustering_version": suggestion.clustering_version_id,
             "overlay_key": suggestion.overlay_key,
             "heatmap_key": suggestion.heatmap_key,
+            # Shown while the current decision's overlay is being made (see the schema).
+            "previous_overlay_key": suggestion.previous_overlay_key,
+            "previous_heatmap_key": suggestion.previous_heatmap_key,
+            "previous_explain_target": suggestion.previous_explain_target,
         },
         "decision": None
         if decision is None

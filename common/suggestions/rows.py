@@ -114,6 +114,9 @@ def upsert_suggestions(
                 Suggestion.heatmap_key,
                 Suggestion.explain_target,
                 Suggestion.explain_requested_at,
+                Suggestion.previous_overlay_key,
+                Suggestion.previous_heatmap_key,
+                Suggestion.previous_explain_target,
             )
             .where(Suggestion.listing_id.in_(ids))
             .with_for_update()
@@ -135,6 +138,7 @@ def upsert_suggestions(
         )
         rows.append(
             {
+                **_overlay_columns(old, kept, needs_review),
                 "listing_id": listing_id,
                 "clustering_version_id": model.version_id,
                 "backbone_id": model.backbone_id,
@@ -146,16 +150,45 @@ def upsert_suggestions(
                 "method": model.method,
                 "needs_review": needs_review,
                 "review_reason": reason,
-                "overlay_key": old.overlay_key if kept and old else None,
-                "heatmap_key": old.heatmap_key if kept and old else None,
-                "explain_target": old.explain_target if kept and old else None,
-                "explain_requested_at": old.explain_requested_at if kept and old else None,
             }
         )
         results.append(SuggestionRow(listing_id, scored.category, scored.confidence, needs_review, kept))
     for start in range(0, len(rows), UPSERT_ROWS):
         _upsert_rows(session, rows[start : start + UPSERT_ROWS])
     return results
+
+
+def _overlay_columns(old: Any, kept: bool, needs_review: bool) -> dict[str, object]:
+    """The overlay columns of a suggestion written again.
+
+    The same decision keeps its overlay. A changed one loses it (the sweep asks for a new one),
+    but while the item waits for a moderator the old one stays on view as the previous overlay
+    until the new one is recorded; otherwise it is deleted with the refit (`reassign_suggestions`).
+    """
+    if old is None:
+        return dict.fromkeys(_OVERLAY_COLUMNS)
+    if kept:
+        return {name: getattr(old, name) for name in _OVERLAY_COLUMNS}
+    if not needs_review:
+        return dict.fromkeys(_OVERLAY_COLUMNS)
+    newest = old.overlay_key is not None
+    return {
+        **dict.fromkeys(_OVERLAY_COLUMNS),
+        "previous_overlay_key": old.overlay_key if newest else old.previous_overlay_key,
+        "previous_heatmap_key": old.heatmap_key if newest else old.previous_heatmap_key,
+        "previous_explain_target": old.explain_target if newest else old.previous_explain_target,
+    }
+
+
+_OVERLAY_COLUMNS = (
+    "overlay_key",
+    "heatmap_key",
+    "explain_target",
+    "explain_requested_at",
+    "previous_overlay_key",
+    "previous_heatmap_key",
+    "previous_explain_target",
+)
 
 
 def _same_decision(
@@ -191,6 +224,22 @@ def _upsert_rows(session: Session, rows: list[dict[str, object]]) -> None:
     )
 
 
+def _stored_overlays(session: Session, listing_ids: list[int]) -> dict[int, list[str]]:
+    """The overlay objects each suggestion points to, current and previous."""
+    columns = (
+        Suggestion.overlay_key,
+        Suggestion.heatmap_key,
+        Suggestion.previous_overlay_key,
+        Suggestion.previous_heatmap_key,
+    )
+    return {
+        listing_id: [key for key in keys if key]
+        for listing_id, *keys in session.execute(
+            select(Suggestion.listing_id, *columns).where(Suggestion.listing_id.in_(listing_ids))
+        )
+    }
+
+
 def reassign_suggestions(
     db: Database,
     settings: Settings,
@@ -215,18 +264,14 @@ def reassign_suggestions(
         Embedding.backbone_id == backbone_id
     )
     for session, rows in keyset_chunks(db, embedded, Embedding.id, settings.refit.chunk):
-        overlays = {
-            listing_id: [key for key in keys if key]
-            for listing_id, *keys in session.execute(
-                select(Suggestion.listing_id, Suggestion.overlay_key, Suggestion.heatmap_key).where(
-                    Suggestion.listing_id.in_([r[1] for r in rows]), Suggestion.overlay_key.is_not(None)
-                )
-            )
-        }
+        stored = _stored_overlays(session, [r[1] for r in rows])
         written = upsert_suggestions(
             session, model, [r[1] for r in rows], np.stack([r[2] for r in rows]), settings, lineage
         )
         total += len(written)
         explain += explanation_wanted(written, settings.explain.sample_rate)
-        dropped += [key for r in written if not r.explanation_kept for key in overlays.get(r.listing_id, [])]
+        kept_on_view = _stored_overlays(session, [r.listing_id for r in written])
+        for r in written:
+            # Objects no row points to any more: replaced twice, or of an item no one will review.
+            dropped += sorted(set(stored.get(r.listing_id, ())) - set(kept_on_view.get(r.listing_id, ())))
     return total, explain, dropped

@@ -64,6 +64,11 @@ def _item(runtime: Runtime, session: Session, lease: Lease) -> dict[str, Any] | 
     if item is None:
         return None
     suggestion = item["suggestion"] or {}
+    stale = (
+        {k: suggestion.get(f"previous_{k}") for k in ("overlay_key", "heatmap_key", "explain_target")}
+        if suggestion.get("heatmap_key") is None
+        else {}
+    )
     candidates = [a["category"] for a in suggestion.get("alternatives") or []][:3]
     examples = category_examples(session, item["id"], candidates)
     neighbours = labelled_neighbours(session, item["id"])
@@ -72,8 +77,12 @@ def _item(runtime: Runtime, session: Session, lease: Lease) -> dict[str, Any] | 
         "item": item,
         "lease_expires_at": lease.expires_at,
         "photo": photo_url(runtime, item["image_url"]),
-        "heatmap": overlay_url(store, settings, suggestion.get("heatmap_key")),
-        "overlay": overlay_url(store, settings, suggestion.get("overlay_key")),
+        "heatmap": overlay_url(store, settings, suggestion.get("heatmap_key") or stale.get("heatmap_key")),
+        "overlay": overlay_url(store, settings, suggestion.get("overlay_key") or stale.get("overlay_key")),
+        # The earlier decision's overlay, on view until this one's is made: the target it explains.
+        "overlay_explains": (stale.get("explain_target") or "another category")
+        if stale.get("heatmap_key")
+        else None,
         "neighbours": [{**n, "photo": photo_url(runtime, n["image_url"])} for n in neighbours],
         "examples": {
             category: [{**e, "photo": photo_url(runtime, e["image_url"])} for e in rows]

@@ -157,3 +157,24 @@ def test_filters_and_skips(client: TestClient, tokens: Tokens, db: Database) -> 
     with db.transaction() as session:
         assert sum(queue.waiting_counts(session)["per_reason"].values()) == 3
         assert sum(queue.waiting_counts(session, "bob")["per_reason"].values()) == 3
+
+
+def test_a_changed_decision_shows_its_previous_overlay_marked_until_the_new_one(
+    client: TestClient, tokens: Tokens, db: Database
+) -> None:
+    add_flagged(db, [("changed", 0.2)])
+    with db.transaction() as session:
+        session.execute(
+            text(
+                "UPDATE suggestion SET previous_heatmap_key = 'overlays/9/old-heat.png',"
+                " previous_overlay_key = 'overlays/9/old.png', previous_explain_target = 'Footwear'"
+            )
+        )
+    csrf = sign_in(client)
+    (item,) = client.post("/review/next", data={"n": 1, "csrf_token": csrf}, headers=JSON).json()["items"]
+    assert 'id="heat"' in item["html"] and "old-heat.png" in item["html"]
+    assert 'id="overlay-stale"' in item["html"] and "earlier suggestion (Footwear)" in item["html"]
+    with db.transaction() as session:
+        session.execute(text("UPDATE suggestion SET heatmap_key = 'overlays/9/new-heat.png'"))
+    page = client.get("/review").text
+    assert "new-heat.png" in page and "old-heat.png" not in page and 'id="overlay-stale"' not in page

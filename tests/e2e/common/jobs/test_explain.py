@@ -198,17 +198,28 @@ def test_a_refit_re_explains_only_changed_decisions_and_deletes_what_they_replac
     assert runtime.publisher.queue_depth(EXPLAIN_QUEUE) == 0
     assert count_objects(store, overlay_bucket) == objects
 
-    # Other clusters: only the decisions that changed lose their overlay, whose objects go too.
+    # Other clusters: only the decisions that changed lose their overlay. Those waiting for a
+    # moderator keep it on view as the previous one; the others' objects go.
     changed = refit(db, settings, k=3)
     follow_up_refit(db, runtime.publisher, store, settings, changed)
     after = _overlays(db, ids)
     dropped = sorted(lid for lid in ids if after[lid] is None)
     assert dropped, "a new k should change some decisions"
     assert all(after[lid] == before[lid] for lid in ids if lid not in dropped)
+    rows = suggestions(db, dropped)
+    waiting = sorted(lid for lid, row in rows.items() if row.needs_review)
+    assert waiting, dropped
     assert sorted(changed.explain) == sorted(
-        lid for lid, row in suggestions(db, dropped).items() if row.needs_review or lid in changed.explain
+        lid for lid, row in rows.items() if row.needs_review or lid in changed.explain
     )
     assert runtime.publisher.queue_depth(EXPLAIN_QUEUE) == len(changed.explain)
-    assert count_objects(store, overlay_bucket) == objects - 2 * len(dropped)
-    for lid in dropped:
+    for lid, row in rows.items():
+        on_view = lid in waiting
+        assert (row.previous_overlay_key == before[lid]) is on_view
+        assert store.exists(overlay_bucket, before[lid] or "") is on_view
+    assert count_objects(store, overlay_bucket) == objects - 2 * (len(dropped) - len(waiting))
+    # Once the new overlays are made, the previous ones are cleared and their objects deleted.
+    explain_listings(db, waiting, settings, lite0, store)
+    for lid, row in suggestions(db, waiting).items():
+        assert row.overlay_key is not None and row.previous_overlay_key is None
         assert not store.exists(overlay_bucket, before[lid] or "")
