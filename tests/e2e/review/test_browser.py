@@ -8,7 +8,6 @@ decision posted while the connection is cut is retried. Screenshots go to out/sc
 
 from __future__ import annotations
 
-import io
 import shutil
 import socket
 import threading
@@ -29,6 +28,9 @@ from common.object_store import ObjectStore
 from common.runtime import Runtime
 from common.schema import ClusteringVersion, Embedding, Listing, ModeratorDecision, Suggestion
 from common.settings import Settings
+from common.vision.backbone import Backbone
+from common.vision.gradcam import gradcam
+from common.vision.overlay import render_pngs
 from review.app import create_app
 from tests.conftest import FLIPKART, ROOT
 from tests.fixtures.review import PASSWORD, Tokens, add_flagged
@@ -64,18 +66,6 @@ def server(review_settings: Settings, runtime: Runtime, clean_db: None) -> Itera
     thread.join(timeout=10)
 
 
-def _heatmap(size: tuple[int, int]) -> bytes:
-    """A grey heatmap bright in the middle, as the explain worker writes them."""
-    w, h = size
-    y, x = np.mgrid[0:h, 0:w]
-    heat = np.exp(-(((x - w / 2) / (w / 4)) ** 2 + ((y - h / 2) / (h / 4)) ** 2))
-    out = io.BytesIO()
-    Image.fromarray((heat * 255).astype(np.uint8), mode="L").save(out, format="PNG")
-    return out.getvalue()
-
-
-SHOWN_IS = "(id) => document.querySelector('.desk-item')?.dataset.externalId === id"
-SHOWN_IS_NOT = "(id) => document.querySelector('.desk-item')?.dataset.externalId !== id"
 # Random directions in 16 dimensions are far apart; these two are near the first item (a group).
 DIM = 16
 LOOK_ALIKES = ("b7", "b8")
@@ -85,14 +75,22 @@ QUEUE = 32
 
 @pytest.fixture
 def queue(
-    db: Database, store: ObjectStore, settings: Settings, flipkart_labels: list[dict[str, str]]
+    db: Database,
+    store: ObjectStore,
+    settings: Settings,
+    flipkart_labels: list[dict[str, str]],
+    lite0: Backbone,
 ) -> list[str]:
     """32 flagged listings with real product photos, and six labelled ones beside them.
 
-    The first has a hostile title and an overlay; six are suggested as Footwear; every listing has
+    The first has a hostile title, a wide photo and its Grad-CAM overlay (made by the pretrained
+    backbone, as the explain worker makes them); six are suggested as Footwear; every listing has
     an embedding, so the desk shows labelled neighbours and examples of each candidate category.
     """
     rows = [r for r in flipkart_labels if r["category"] in ("Watches", "Footwear", "Jewellery")]
+    wide = next(r for r in rows if r["category"] == "Watches" and _aspect(r) >= 1.3)
+    rows.remove(wide)
+    rows.insert(0, wide)
     store.ensure_bucket(settings.store.images_bucket)
     store.ensure_bucket(settings.store.overlay_bucket)
     ids = [f"b{i}" for i in range(QUEUE)]
@@ -158,17 +156,23 @@ def queue(
             .where(Suggestion.listing_id == Listing.id, Listing.external_id.in_(labelled))
             .values(needs_review=False, review_reason=None)
         )
-        first = FLIPKART / "images" / rows[0]["image"]
-        with Image.open(first) as image:
-            store.put_bytes(
-                settings.store.overlay_bucket, "overlays/test/heatmap.png", _heatmap(image.size), "image/png"
-            )
+        with Image.open(FLIPKART / "images" / rows[0]["image"]) as opened:
+            first = opened.convert("RGB")
+        overlay, heatmap = render_pngs(first, gradcam(lite0, [first], [None])[0], lite0.transform)
+        bucket = settings.store.overlay_bucket
+        store.put_bytes(bucket, "overlays/test/overlay.png", overlay, "image/png")
+        store.put_bytes(bucket, "overlays/test/heatmap.png", heatmap, "image/png")
         session.execute(
             update(Suggestion)
             .where(Suggestion.listing_id == Listing.id, Listing.external_id == ids[0])
-            .values(heatmap_key="overlays/test/heatmap.png")
+            .values(heatmap_key="overlays/test/heatmap.png", overlay_key="overlays/test/overlay.png")
         )
     return ids
+
+
+def _aspect(row: dict[str, str]) -> float:
+    with Image.open(FLIPKART / "images" / row["image"]) as image:
+        return image.width / image.height
 
 
 def _count(page: Page, element: str) -> int:
