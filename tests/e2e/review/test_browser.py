@@ -20,13 +20,13 @@ import pytest
 import uvicorn
 from PIL import Image
 from playwright.sync_api import Page, Route, sync_playwright
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from common.db import Database
 from common.moderation.labels import standing
 from common.object_store import ObjectStore
 from common.runtime import Runtime
-from common.schema import ClusteringVersion, Embedding, Listing, ModeratorDecision, Suggestion
+from common.schema import ClusteringVersion, Embedding, Listing, ModeratorDecision, ReviewLease, Suggestion
 from common.settings import Settings
 from common.vision.backbone import Backbone
 from common.vision.gradcam import gradcam
@@ -398,9 +398,29 @@ def test_the_desk_on_a_phone_and_through_a_lost_connection(
             _settled(page)
             assert set(_decided(db)) == {"b0", *LOOK_ALIKES}
             assert _shown(page) == first
+            # Closing the desk gives back the leases of the items it kept ready; the item on screen
+            # stays this moderator's (a reload shows it again) until its lease ends.
+            _until(page, "() => document.getElementById('retry').hidden")
+            page.wait_for_timeout(500)  # the desk has topped up its items kept ready
+            assert len(_leased(db, "bob")) > 1
+            page.close(run_before_unload=True)
+            deadline = time.monotonic() + 10
+            while _leased(db, "bob") != {first} and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _leased(db, "bob") == {first}
         finally:
             browser.close()
     assert Path(SCREENSHOTS / "review-desk-390.png").stat().st_size > 5_000
+
+
+def _leased(db: Database, moderator: str) -> set[str]:
+    with db.transaction() as session:
+        rows = session.execute(
+            select(Listing.external_id)
+            .join(ReviewLease, ReviewLease.listing_id == Listing.id)
+            .where(ReviewLease.moderator == moderator, ReviewLease.expires_at > func.now())
+        ).scalars()
+        return set(rows)
 
 
 def _decided(db: Database) -> dict[str, tuple[str, str | None]]:
