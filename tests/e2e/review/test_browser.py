@@ -367,7 +367,8 @@ def test_the_desk_on_a_phone_and_through_a_lost_connection(
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 390, "height": 844})
+            # A phone set to the dark theme: the desk follows it.
+            page = browser.new_page(viewport={"width": 390, "height": 844}, color_scheme="dark")
             page.goto(f"{server}/sign-in")
             page.fill("input[name=name]", "bob")
             page.fill("input[name=password]", PASSWORD)
@@ -377,6 +378,8 @@ def test_the_desk_on_a_phone_and_through_a_lost_connection(
             _images_loaded(page)
             # No horizontal scrolling at 390 px: long ids wrap, the columns stack.
             assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+            assert background == "rgb(21, 24, 28)", background
             page.screenshot(path=str(SCREENSHOTS / "review-desk-390.png"), full_page=True)
             # The connection drops for a decision: the desk moves on, shows the retry, and the
             # decision lands once the connection is back.
