@@ -57,5 +57,6 @@ def test_the_heat_of_an_off_centre_product_lies_on_it(
         shares.append(heat[top:bottom, left:right].sum() / max(heat.sum(), 1e-9))
     print(shape, end, "share of heat on the product:", np.round(shares, 2))
     # The product covers a third of the canvas: an even smear would give it 0.33 of the heat.
-    assert np.median(shares) > 0.4
-    assert min(shares) > 0.2
+    # (Grad-CAM on the last stage alone gave medians of 0.45-0.65 here; see common.vision.gradcam.)
+    assert np.median(shares) > 0.6
+    assert min(shares) > 0.5
