@@ -115,11 +115,12 @@ class ObjectStore:
     def presigned_get(self, bucket: str, key: str, expiry_seconds: int) -> str:
         return self.client.presigned_get_object(bucket, key, expires=timedelta(seconds=expiry_seconds))
 
-    def upload_photo(self, bucket: str, path: Path) -> str:
-        """Upload a listing photo under a content-addressed key; returns its s3:// URL."""
+    def upload_photo(self, bucket: str, path: Path, prefix: str = "photos/") -> str:
+        """Upload a listing photo under a content-addressed key below `prefix` (the deployment's
+        `images_prefix`); returns its s3:// URL."""
         data = path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
-        key = f"photos/{digest[:2]}/{digest}{path.suffix.lower()}"
+        key = f"{prefix}{digest[:2]}/{digest}{path.suffix.lower()}"
         self.put_bytes(bucket, key, data, content_type=_content_type(path))
         return f"s3://{bucket}/{key}"
 

@@ -88,6 +88,10 @@ class StoreSettings(Group):
     s3_secure: bool = False
     s3_region: str = "us-east-1"
     images_bucket: str = "vitrine-listings"
+    # Where publishers (`vitrine publish`, the demo) put listing photos in `images_bucket`: an
+    # s3:// image URL of that bucket elsewhere (another listing's overlay, an operator's file) is
+    # refused at ingest and never read.
+    images_prefix: str = Field("photos/", pattern=r"^([A-Za-z0-9_.-]+/)+$")
     overlay_bucket: str = Field(
         "vitrine-overlays",
         validation_alias=AliasChoices("VITRINE_OVERLAY_BUCKET", "VITRINE_GRADCAM_BUCKET"),

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from common.delivery.outbox import send_listings
 from common.delivery.publisher import BROKER_ERRORS
 from common.photos.failures import ImageRejected
-from common.photos.urls import check_bucket_allowed, parse_s3_url
+from common.photos.urls import check_object_allowed, parse_s3_url
 from common.runtime import Runtime
 from common.schema import Listing, ListingStatus, Suggestion
 from common.settings import Settings
@@ -102,10 +102,11 @@ class ListingRefused(ValueError):
 
 
 def refusal(event: ListingEvent, settings: Settings) -> ListingRefused | None:
-    """Why this deployment cannot accept the event, or None: photos only from our images buckets."""
+    """Why this deployment cannot accept the event, or None: s3:// photos only from our images
+    buckets, and in ours only under the publishers' prefix."""
     if event.image_url.startswith("s3://"):
         try:
-            check_bucket_allowed(parse_s3_url(event.image_url)[0], settings)
+            check_object_allowed(*parse_s3_url(event.image_url), settings)
         except ImageRejected as rejected:
             return ListingRefused(event.external_id, "image_url", rejected.detail)
     return None

@@ -11,7 +11,7 @@ from minio.error import S3Error
 from common.object_store import STORAGE_ERRORS, ObjectStore, ObjectTooLarge
 from common.photos.decode import LoadedImage, decode_image
 from common.photos.failures import FailureReason, Fault, ImageRejected
-from common.photos.urls import check_bucket_allowed, check_url_allowed, parse_s3_url
+from common.photos.urls import check_object_allowed, check_url_allowed, parse_s3_url
 from common.settings import Settings
 
 MAX_REDIRECTS = 3
@@ -93,7 +93,7 @@ def _read_within(response: httpx.Response, deadline: float, settings: Settings) 
 def fetch_s3(url: str, settings: Settings, store: ObjectStore) -> bytes:
     """An object of an allowed bucket in our own store; an unreachable store is a transient fault."""
     bucket, key = parse_s3_url(url)
-    check_bucket_allowed(bucket, settings)
+    check_object_allowed(bucket, key, settings)
     try:
         return store.get_bytes(bucket, key, max_bytes=settings.photos.max_image_bytes)
     except ObjectTooLarge as error:

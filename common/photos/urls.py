@@ -102,6 +102,27 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, key
 
 
+def check_object_allowed(bucket: str, key: str, settings: Settings) -> None:
+    """An s3:// photo must be in an images bucket and, in ours, under the publishers' prefix.
+
+    Keys with `.` or `..` segments, empty segments or backslashes are refused whatever the
+    bucket: a store or a proxy that normalises them would read another object than the one named.
+    """
+    check_bucket_allowed(bucket, settings)
+    segments = key.split("/")
+    if "\\" in key or any(segment in ("", ".", "..") for segment in segments):
+        raise ImageRejected(
+            FailureReason.invalid_url, f"object key {key!r} has an empty, '.' or '..' segment"
+        )
+    prefix = settings.store.images_prefix
+    if bucket == settings.store.images_bucket and not key.startswith(prefix):
+        raise ImageRejected(
+            FailureReason.bucket_not_allowed,
+            f"object key {key!r} is not under {prefix!r}, where listing photos are uploaded"
+            " (VITRINE_IMAGES_PREFIX)",
+        )
+
+
 def allowed_buckets(settings: Settings) -> set[str]:
     return {settings.store.images_bucket, *settings.photos.fetch_allowed_buckets}
 

@@ -77,7 +77,9 @@ def publish_folder(
             events.append(
                 ListingEvent(
                     external_id=path.stem,
-                    image_url=runtime.store.upload_photo(settings.store.images_bucket, path),
+                    image_url=runtime.store.upload_photo(
+                        settings.store.images_bucket, path, settings.store.images_prefix
+                    ),
                     seller_category=category if given else None,
                     title=titles.get(path.name),
                 )

@@ -71,6 +71,25 @@ def test_one_bad_item_does_not_reject_the_others(client: TestClient, tokens: Tok
     assert _count(db) == 2
 
 
+def test_s3_photos_only_under_the_publishers_prefix(
+    client: TestClient, tokens: Tokens, db: Database, settings: Settings
+) -> None:
+    bucket = settings.store.images_bucket
+    items = [
+        {"external_id": "ours", "image_url": f"s3://{bucket}/photos/ab/abcdef.jpg"},
+        {"external_id": "elsewhere", "image_url": f"s3://{bucket}/exports/customers.csv"},
+        {"external_id": "dot-dot", "image_url": f"s3://{bucket}/../etc/passwd"},
+        {"external_id": "climb", "image_url": f"s3://{bucket}/photos/../exports/customers.csv"},
+    ]
+    results = client.post("/api/v1/listings", json=items, headers=bearer(tokens.ingest)).json()["results"]
+    assert results[0]["outcome"] == "created"
+    for result in results[1:]:
+        assert result["error"]["field"] == "image_url", result
+    assert "VITRINE_IMAGES_PREFIX" in results[1]["error"]["message"]
+    assert "'..'" in results[2]["error"]["message"] and "'..'" in results[3]["error"]["message"]
+    assert _count(db) == 1
+
+
 def test_oversized_or_malformed_bodies_write_nothing(
     client: TestClient, tokens: Tokens, db: Database
 ) -> None:

@@ -73,25 +73,39 @@ def test_s3_urls_read_from_the_images_bucket_only(settings: Settings) -> None:
     store = ObjectStore.from_settings(settings)
     bucket = settings.store.images_bucket
     store.ensure_bucket(bucket)
-    store.put_bytes(bucket, "a.jpg", real_jpeg(), "image/jpeg")
-    assert fetch_image_bytes(f"s3://{bucket}/a.jpg", settings, store) == real_jpeg()
+    store.put_bytes(bucket, "photos/a.jpg", real_jpeg(), "image/jpeg")
+    assert fetch_image_bytes(f"s3://{bucket}/photos/a.jpg", settings, store) == real_jpeg()
     missing = expect_rejected(
-        FailureReason.fetch_failed, fetch_image_bytes, f"s3://{bucket}/missing.jpg", settings, store
+        FailureReason.fetch_failed, fetch_image_bytes, f"s3://{bucket}/photos/missing.jpg", settings, store
     )
     assert missing.fault == Fault.photo
     small = settings.replace(max_image_bytes=2048)
-    expect_rejected(FailureReason.too_many_bytes, fetch_image_bytes, f"s3://{bucket}/a.jpg", small, store)
+    expect_rejected(
+        FailureReason.too_many_bytes, fetch_image_bytes, f"s3://{bucket}/photos/a.jpg", small, store
+    )
     # Another bucket of the same store: refused before any request.
     store.ensure_bucket("other-bucket")
     store.put_bytes("other-bucket", "private.jpg", real_jpeg(), "image/jpeg")
     expect_rejected(
         FailureReason.bucket_not_allowed, fetch_image_bytes, "s3://other-bucket/private.jpg", settings, store
     )
+    # Our own bucket outside the publishers' prefix (another listing's file, an operator's), and
+    # keys that a store or proxy would resolve elsewhere: never read.
+    store.put_bytes(bucket, "exports/customers.jpg", real_jpeg(), "image/jpeg")
+    expect_rejected(
+        FailureReason.bucket_not_allowed,
+        fetch_image_bytes,
+        f"s3://{bucket}/exports/customers.jpg",
+        settings,
+        store,
+    )
+    for key in ("photos/../exports/customers.jpg", "../etc/passwd", "photos//a.jpg", "photos/./a.jpg"):
+        expect_rejected(FailureReason.invalid_url, fetch_image_bytes, f"s3://{bucket}/{key}", settings, store)
 
 
 def test_our_store_being_away_is_not_the_photos_fault(settings: Settings) -> None:
     away = settings.replace(s3_endpoint=f"127.0.0.1:{free_port()}")
-    url = f"s3://{settings.store.images_bucket}/a.jpg"
+    url = f"s3://{settings.store.images_bucket}/photos/a.jpg"
     refused = expect_rejected(
         FailureReason.storage_unavailable, fetch_image_bytes, url, away, ObjectStore.from_settings(away)
     )

@@ -220,20 +220,20 @@ def test_every_case_in_one_batch_ends_right_and_alone(
     store.ensure_bucket(bucket)
     files = {"good.jpg": real_jpeg(0), "truncated.jpg": real_jpeg(1)[:3000], "page.jpg": b"<html>" * 100}
     for name, data in files.items():
-        store.put_bytes(bucket, name, data, "image/jpeg")
+        store.put_bytes(bucket, f"photos/{name}", data, "image/jpeg")
     with serve_bytes({"good.jpg": real_jpeg(2)}) as base:
         local = settings.replace(fetch_private_hosts=[base.removeprefix("http://")])
         ids = _listings(
             runtime,
             {
-                "good-s3": f"s3://{bucket}/good.jpg",
+                "good-s3": f"s3://{bucket}/photos/good.jpg",
                 "good-http": f"{base}/good.jpg",
-                "truncated": f"s3://{bucket}/truncated.jpg",
-                "not-an-image": f"s3://{bucket}/page.jpg",
-                "missing": f"s3://{bucket}/nothing-here.jpg",
+                "truncated": f"s3://{bucket}/photos/truncated.jpg",
+                "not-an-image": f"s3://{bucket}/photos/page.jpg",
+                "missing": f"s3://{bucket}/photos/nothing-here.jpg",
                 "other-bucket": "s3://other-bucket/private.jpg",
                 "loopback-other-port": f"http://127.0.0.1:{_closed_port()}/a.jpg",
-                "buggy": f"s3://{bucket}/good.jpg?buggy",
+                "buggy": f"s3://{bucket}/photos/good.jpg?buggy",
             },
         )
         pipeline = BuggyPipeline(local, runtime.db, lite0.with_decode(decode), store)
@@ -262,7 +262,7 @@ def test_every_case_in_one_batch_ends_right_and_alone(
 def test_our_store_being_away_never_counts_against_a_listing(
     settings: Settings, runtime: Runtime, clean_db: None, lite0: Backbone
 ) -> None:
-    ids = _listings(runtime, {"waiting": f"s3://{settings.store.images_bucket}/good.jpg"})
+    ids = _listings(runtime, {"waiting": f"s3://{settings.store.images_bucket}/photos/good.jpg"})
     away = settings.replace(s3_endpoint=f"127.0.0.1:{_closed_port()}")
     from common.object_store import ObjectStore
 
