@@ -348,11 +348,12 @@
     if (fields.has("external_id")) post("/review/renew", fields).catch(function () {});
   }, (leaseSeconds * 1000) / 3);
   window.addEventListener("pagehide", function () {
-    if (!ready.length) return;
-    const fields = new FormData();
-    fields.set("csrf_token", csrf);
-    ready.forEach((item) => fields.append("external_id", item.external_id));
-    navigator.sendBeacon("/review/release", fields);
+    const ids = ready.flatMap((item) => [item.external_id].concat(item.members || []));
+    if (!ids.length) return;
+    const fields = new URLSearchParams([["csrf_token", csrf]]);
+    ids.forEach((id) => fields.append("external_id", id));
+    // keepalive: the request outlives the page.
+    fetch("/review/release", { method: "POST", body: fields, keepalive: true, credentials: "same-origin" });
   });
 
   if (currentId()) bindItem();
