@@ -31,6 +31,9 @@ CSP = (
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 )
 
+# One year, the value browsers' preload lists ask for; subdomains are left to the operator.
+HSTS = "max-age=31536000"
+
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     owned = runtime is None
@@ -89,6 +92,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
+        # Over https (directly, or behind a trusted proxy) browsers are told to stay on https.
+        if request.url.scheme == "https":
+            response.headers.setdefault("Strict-Transport-Security", HSTS)
         if request.url.path.startswith(("/api/", "/review", "/history", "/dashboard")):
             response.headers.setdefault("Cache-Control", "no-store")
         return response
