@@ -45,7 +45,15 @@ if [ ! -x "$COMPOSE_BIN" ]; then
 fi
 "$COMPOSE_BIN" version
 make --no-print-directory browser
-step "engine, compose and chromium ready"
+if ! command -v promtool >/dev/null; then
+  echo "test-deploy: installing Debian's prometheus for promtool"
+  $SUDO apt-get install -y --no-install-recommends prometheus >/dev/null
+fi
+step "engine, compose, chromium and promtool ready"
+
+# --- the alert rules ----------------------------------------------------------------------------
+(cd deploy/prometheus && promtool check rules alerts.yml && promtool test rules alerts.test.yml)
+step "alert rules: promtool check and test passed"
 
 # --- images -------------------------------------------------------------------------------------
 BASE_TAG=$($SUDO deploy/base-images.sh)
