@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.object_store import ObjectStore
 from common.settings import Settings, load_settings
@@ -292,6 +293,7 @@ def test_the_compose_stack_serves_its_users(stack: Stack) -> None:
     _review_in_a_browser(stack.api)
     _secure_behind_a_proxy(stack.api)
     _status_inside(stack)
+    _operators_signals(stack, token)
     _memory(stack)
 
 
@@ -358,6 +360,25 @@ def _status_inside(stack: Stack) -> None:
     workers = " ".join(snapshot["workers"])
     assert all(q in workers for q in ("embed", "explain", "refit")), workers
     log(f"vitrine status inside the stack: {snapshot['services']}, workers {snapshot['workers']}")
+
+
+def _operators_signals(stack: Stack, token: str) -> None:
+    """Flower (with its password), the exporter and the review app's /metrics, from outside."""
+    flower = f"http://127.0.0.1:{stack.env['VITRINE_TEST_FLOWER_PORT']}"
+    assert httpx.get(f"{flower}/api/workers", timeout=10).status_code == 401
+    auth = (stack.env["VITRINE_FLOWER_USER"], stack.env["VITRINE_FLOWER_PASSWORD"])
+    workers = httpx.get(f"{flower}/api/workers", auth=auth, timeout=30).json()
+    assert any(name.startswith("embed@") for name in workers), sorted(workers)
+    exporter = f"http://127.0.0.1:{stack.env['VITRINE_TEST_METRICS_PORT']}/metrics"
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(exporter, timeout=30).text)}
+    by_status = {s.labels["status"]: s.value for s in families["vitrine_listings"].samples}
+    assert sum(by_status.values()) == N_LISTINGS and by_status["reviewed"] >= 5, by_status
+    review = httpx.get(f"{stack.api}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10).text
+    assert 'vitrine_http_request_seconds_count{method="POST",route="/api/v1/listings",status="2xx"}' in review
+    # The sweep runs every 30 s; its routine lines are not in the refit worker's log.
+    refit_log = stack.compose("logs", "--no-color", "refit")
+    assert "vitrine.sweep_stale[" not in refit_log, "the sweep's routine lines are logged"
+    log("operators: Flower behind its password, exporter and review app /metrics answer; the sweep is quiet")
 
 
 def _memory(stack: Stack) -> None:
