@@ -50,7 +50,8 @@ test-faults: install
 
 # compose.yaml on a real Docker engine (installed and started when missing), with images built
 # here without a registry, driven from outside: listings through the API, a moderator in
-# chromium, a worker restarted mid-run (docs/operations.md). About 15 minutes cold, 5 warm.
+# chromium, a worker restarted mid-run (docs/operations.md). About 10 minutes the first time on a
+# machine, 5 once the engine holds the base images and layers.
 test-deploy: install
 	deploy/test-deploy.sh
 

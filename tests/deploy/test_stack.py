@@ -367,8 +367,14 @@ def _operators_signals(stack: Stack, token: str) -> None:
     flower = f"http://127.0.0.1:{stack.env['VITRINE_TEST_FLOWER_PORT']}"
     assert httpx.get(f"{flower}/api/workers", timeout=10).status_code == 401
     auth = (stack.env["VITRINE_FLOWER_USER"], stack.env["VITRINE_FLOWER_PASSWORD"])
-    workers = httpx.get(f"{flower}/api/workers", auth=auth, timeout=30).json()
-    assert any(name.startswith("embed@") for name in workers), sorted(workers)
+
+    def flower_workers() -> list[str] | None:
+        # refresh=1: Flower asks the workers now instead of answering from what it has seen.
+        answer = httpx.get(f"{flower}/api/workers", params={"refresh": 1}, auth=auth, timeout=30)
+        names = sorted(answer.json()) if answer.status_code == 200 else []
+        return names if any(name.startswith("embed@") for name in names) else None
+
+    workers = wait_for("the embed worker in Flower", flower_workers, timeout=90, every=3)
     exporter = f"http://127.0.0.1:{stack.env['VITRINE_TEST_METRICS_PORT']}/metrics"
     families = {f.name: f for f in text_string_to_metric_families(httpx.get(exporter, timeout=30).text)}
     by_status = {s.labels["status"]: s.value for s in families["vitrine_listings"].samples}
@@ -378,7 +384,8 @@ def _operators_signals(stack: Stack, token: str) -> None:
     # The sweep runs every 30 s; its routine lines are not in the refit worker's log.
     refit_log = stack.compose("logs", "--no-color", "refit")
     assert "vitrine.sweep_stale[" not in refit_log, "the sweep's routine lines are logged"
-    log("operators: Flower behind its password, exporter and review app /metrics answer; the sweep is quiet")
+    log(f"operators: Flower (behind its password) lists {workers}; the exporter and the review app's")
+    log("  /metrics answer; the sweep's routine lines are not logged")
 
 
 def _memory(stack: Stack) -> None:
