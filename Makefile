@@ -14,7 +14,7 @@ LIMIT ?=
 TITLES ?= product_name
 COVERAGE_FLOOR ?= 68
 
-.PHONY: install browser test test-unit test-faults lint demo stop bench evaluate clean
+.PHONY: install browser test test-unit test-faults test-deploy images lock lint demo stop bench evaluate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,13 +40,34 @@ test-unit: install
 
 # Coverage of the code the tests run in this process (worker subprocesses are not counted).
 test: lint
-	$(BIN)/pytest -m "not faults" --cov=common --cov=workers --cov=vitrine --cov=review --cov-report=term:skip-covered \
+	$(BIN)/pytest -m "not faults and not deploy" --cov=common --cov=workers --cov=vitrine --cov=review --cov-report=term:skip-covered \
 	  --cov-fail-under=$(COVERAGE_FLOOR)
 
 # Faults injected into real processes (kill -9, a stopped Postgres, a cut S3 connection, a Redis
 # restart, a photo that kills its worker, two beats): about 15 minutes, see docs/reliability.md.
 test-faults: install
 	$(BIN)/pytest -m faults -s -p no:cacheprovider tests/faults
+
+# compose.yaml on a real Docker engine (installed and started when missing), with images built
+# here without a registry, driven from outside: listings through the API, a moderator in
+# chromium, a worker restarted mid-run (docs/operations.md). About 10 minutes the first time on a
+# machine, 5 once the engine holds the base images and layers.
+test-deploy: install
+	deploy/test-deploy.sh
+
+# The role images for compose.yaml: the wheelhouse from the lock files, then vitrine-slim and
+# vitrine-ml (BASE_IMAGE: the Python base, by default the official python image).
+BASE_IMAGE ?= python:3.11.11-slim-bookworm
+images:
+	PIP="$(PYTHON) -m pip" deploy/wheelhouse.sh
+	for role in slim ml; do \
+	  DOCKER_BUILDKIT=1 docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg LOCK=$$role \
+	    -t vitrine-$$role:$$($(PYTHON) -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])") . ; \
+	done
+
+# The hashed lock files of the images, from pyproject.toml's pins.
+lock:
+	$(PYTHON) deploy/lock.py
 
 # Without configured weights and without the hub, fall back to the offline backbone.
 demo: install

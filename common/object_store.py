@@ -31,6 +31,9 @@ class ObjectTooLarge(ValueError):
 @dataclass
 class ObjectStore:
     client: Minio
+    # Signs presigned URLs for the address their users reach (`s3_public_endpoint`); None: `client`.
+    # Presigning is computed locally (the region is given), so this client never connects.
+    public: Minio | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, probe: bool = False) -> ObjectStore:
@@ -53,7 +56,17 @@ class ObjectStore:
             secure=settings.store.s3_secure or settings.store.s3_endpoint.startswith("https://"),
             region=settings.store.s3_region,
         )
-        return cls(client)
+        public = None
+        if settings.store.s3_public_endpoint:
+            address = settings.store.s3_public_endpoint
+            public = Minio(
+                address.removeprefix("http://").removeprefix("https://"),
+                access_key=settings.store.s3_access_key if secret else None,
+                secret_key=secret or None,
+                secure=address.startswith("https://"),
+                region=settings.store.s3_region,
+            )
+        return cls(client, public)
 
     def ensure_bucket(self, bucket: str) -> None:
         if not self.client.bucket_exists(bucket):
@@ -113,7 +126,9 @@ class ObjectStore:
         return len(doomed) - len(failures)
 
     def presigned_get(self, bucket: str, key: str, expiry_seconds: int) -> str:
-        return self.client.presigned_get_object(bucket, key, expires=timedelta(seconds=expiry_seconds))
+        """A URL for the object's user: signed for the public address where one is set."""
+        signer = self.public or self.client
+        return signer.presigned_get_object(bucket, key, expires=timedelta(seconds=expiry_seconds))
 
     def upload_photo(self, bucket: str, path: Path, prefix: str = "photos/") -> str:
         """Upload a listing photo under a content-addressed key below `prefix` (the deployment's

@@ -87,6 +87,11 @@ class StoreSettings(Group):
     s3_secret_key: SecretStr = SecretStr("")
     s3_secure: bool = False
     s3_region: str = "us-east-1"
+    # The object store's address as browsers and marketplaces reach it (`https://s3.example.com`,
+    # `http://127.0.0.1:9000`), when it differs from `s3_endpoint` (compose: `minio:9000`, a name
+    # only its own network resolves). Every presigned URL is signed for this address; empty: for
+    # `s3_endpoint`.
+    s3_public_endpoint: str = ""
     images_bucket: str = "vitrine-listings"
     # Where publishers (`vitrine publish`, the demo) put listing photos in `images_bucket`: an
     # s3:// image URL of that bucket elsewhere (another listing's overlay, an operator's file) is
@@ -214,6 +219,10 @@ class RefitSettings(Group):
 
     interval: float = Field(3600.0, gt=0)
     k: int | None = Field(None, ge=2)
+    # Cold start: with no clustering yet, the sweep asks for the first refit as soon as this many
+    # embedded listings have a label; until then listings wait as `embedded`. Later refits follow
+    # `interval`. 30 is enough for a first, rough clustering that the next refit replaces.
+    first_after: int = Field(30, ge=2)
     max_vectors: int = Field(200_000, ge=100)
     # Rows read per step wherever the corpus is walked (refit, re-suggesting, the sweep's reads).
     chunk: int = Field(10_000, ge=100, le=50_000)
@@ -261,6 +270,10 @@ class ReviewSettings(Group):
     session_max_age: int = Field(12 * 3600, ge=60)
     # Seconds a failed sign-in waits before it answers, doubled for each recent failure of the name.
     sign_in_delay: float = Field(0.5, ge=0, le=10)
+    # Addresses (or CIDR ranges, comma-separated; `*` for any) whose X-Forwarded-Proto/-For the
+    # review app believes with `vitrine serve --proxy-headers`: the TLS proxy's. Behind https the
+    # session cookie is then Secure and answers carry HSTS.
+    forwarded_allow_ips: str = "127.0.0.1"
 
 
 class Settings(BaseModel):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,7 +14,8 @@ from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -21,6 +23,7 @@ from common.moderation.accounts import Identity
 from common.runtime import Runtime
 from common.settings import Settings, load_settings
 from review.auth import Reader, Sessions, SignInRequired
+from review.metrics import AppMetrics
 from review.routes import desk, listings, pages, review_api
 
 # Pages load scripts only from this app; photos and overlays come from the object store or the
@@ -30,6 +33,9 @@ CSP = (
     "img-src 'self' data: http: https:; "
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 )
+
+# One year, the value browsers' preload lists ask for; subdomains are left to the operator.
+HSTS = "max-age=31536000"
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
@@ -53,6 +59,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     app.state.sessions = Sessions(settings)
+    app.state.metrics = metrics = AppMetrics()
     app.include_router(listings.router)
     app.include_router(review_api.router)
     app.include_router(pages.router)
@@ -61,6 +68,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.get("/api/v1/openapi.json", include_in_schema=False)
     def openapi(_: Identity = Reader) -> dict[str, Any]:
         return app.openapi()
+
+    # For Prometheus with an API token (`authorization: {credentials_file: ...}` in its scrape
+    # configuration): route names and latencies are not for anyone who can reach the app.
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_page(_: Identity = Reader) -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz(request: Request) -> JSONResponse:
@@ -86,10 +99,18 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def _headers(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
         response: Response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.observe(
+            getattr(route, "path", None), request.method, response.status_code, time.perf_counter() - started
+        )
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
+        # Over https (directly, or behind a trusted proxy) browsers are told to stay on https.
+        if request.url.scheme == "https":
+            response.headers.setdefault("Strict-Transport-Security", HSTS)
         if request.url.path.startswith(("/api/", "/review", "/history", "/dashboard")):
             response.headers.setdefault("Cache-Control", "no-store")
         return response

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 from celery.signals import worker_init
 from celery_batches import SimpleRequest
@@ -13,11 +14,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from common.delivery.outbox import request_explanations, send_listings
 from common.delivery.publisher import BROKER_ERRORS
 from common.delivery.queues import EMBED_QUEUE, EMBED_TASK, RETRY_KWARG
-from common.jobs.embed import BatchReport, EmbedPipeline
 from common.settings import ConfigError
-from common.vision.backbone import Backbone, check_device
 from workers.app import app, runtime
 from workers.batching import BatchFailed, ReliableBatches, batch_events
+
+# torch and the vision stack are imported by the process that embeds, never at import: beat and
+# Flower import this module (the app's `include`) and run in the slim image, which has no torch.
+if TYPE_CHECKING:
+    from common.jobs.embed import BatchReport, EmbedPipeline
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,9 @@ def pipeline() -> EmbedPipeline:
     global _pipeline
     with _loading:
         if _pipeline is None:
+            from common.jobs.embed import EmbedPipeline
+            from common.vision.backbone import Backbone
+
             rt = runtime()
             backbone = Backbone.from_settings(
                 rt.settings, allow_random=rt.settings.backbone.allow_random_weights
@@ -52,6 +59,8 @@ def check_embed_settings(sender: object = None, **_: object) -> None:
     queues = getattr(getattr(sender, "app", app).amqp.queues, "consume_from", None) or {}
     if EMBED_QUEUE not in queues:
         return
+    from common.vision.backbone import check_device
+
     try:
         device, precision = check_device(runtime().settings)
     except ConfigError as error:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 from celery_batches import SimpleRequest
 from sqlalchemy.exc import SQLAlchemyError
@@ -14,10 +15,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from common.db import until_available
 from common.delivery.publisher import BROKER_ERRORS
 from common.delivery.queues import EXPLAIN_TASK, RETRY_KWARG, retry_delay
-from common.jobs.explain import ExplainReport, explain_listings, record_explain_errors
-from common.vision.backbone import Backbone
 from workers.app import app, runtime
 from workers.batching import ExplainBatches, batch_events
+
+# torch and the vision stack are imported by the process that explains, never at import: beat and
+# Flower import this module (the app's `include`) and run in the slim image, which has no torch.
+if TYPE_CHECKING:
+    from common.jobs.explain import ExplainReport
+    from common.vision.backbone import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,8 @@ def backbone() -> Backbone:
                 # Grad-CAM needs gradients, which int8 layers have not: the same weights in fp32
                 # explain the int8 embedding's decision.
                 settings = settings.replace(precision="fp32")
+            from common.vision.backbone import Backbone
+
             _backbone = Backbone.from_settings(settings, with_classifier=True)
             log.info("explain worker ready: %s on %s", _backbone.backbone_id, _backbone.device)
         return _backbone
@@ -45,6 +52,8 @@ def backbone() -> Backbone:
 
 @app.task(name=EXPLAIN_TASK, base=ExplainBatches, acks_late=True)
 def explain_batch(requests: list[SimpleRequest]) -> None:
+    from common.jobs.explain import explain_listings, record_explain_errors
+
     rt = runtime()
     retries: dict[int, int] = {}
     for request in requests:

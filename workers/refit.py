@@ -8,7 +8,7 @@ from typing import Any
 
 from common.delivery.queues import REFIT_TASK, SWEEP_TASK
 from common.delivery.sweep import sweep
-from common.jobs.refit import follow_up_refit, refit
+from common.jobs.refit import first_refit_due, follow_up_refit, refit
 from workers.app import app, runtime
 
 log = logging.getLogger(__name__)
@@ -38,4 +38,12 @@ def sweep_task() -> dict[str, Any]:
             "sent %d listings and %d overlay requests again; %d messages found lost in the broker",
             result.listings, result.explanations, result.reconciled,
         )  # fmt: skip
+    # Cold start: the first clustering is made as soon as enough labelled listings are embedded,
+    # not an interval later. A second request while it runs meets the refit lock and is skipped.
+    due = first_refit_due(rt.db, rt.settings)
+    if due is not None:
+        log.info(
+            "no clustering yet and %d labelled listings embedded: asking for the first refit", due.labelled
+        )
+        refit_task.delay()
     return asdict(result)

@@ -23,7 +23,14 @@ from common.object_store import STORAGE_ERRORS, ObjectStore
 from common.schema import ClusteringVersion, Embedding, Listing
 from common.settings import Settings
 from common.suggestions.clusters import Clusters, cluster_label_shares
-from common.suggestions.corpus import current_version, iter_embeddings, labelled_set, newest_backbone_id
+from common.suggestions.corpus import (
+    ColdStart,
+    cold_start,
+    current_version,
+    iter_embeddings,
+    labelled_set,
+    newest_backbone_id,
+)
 from common.suggestions.fitting import fit_suggestion_model
 from common.suggestions.model import SuggestionModel
 from common.suggestions.rows import Lineage, reassign_suggestions
@@ -142,6 +149,19 @@ def refit(
         explain=explain,
         superseded=dropped,
     )
+
+
+def first_refit_due(db: Database, settings: Settings) -> ColdStart | None:
+    """The cold start's state when the first clustering of the model should be made now, else None.
+
+    A fresh deployment (or a new backbone) has no clustering, so every listing would wait as
+    `embedded` until the periodic refit, up to `VITRINE_REFIT_INTERVAL` later. The sweep asks
+    this every `VITRINE_SWEEP_INTERVAL` and sends a refit as soon as enough labelled listings
+    are embedded; once a clustering exists it answers None and the interval rules again.
+    """
+    with db.transaction() as session:
+        state = cold_start(session, settings.backbone.model, settings.refit.first_after)
+    return state if state is not None and state.due else None
 
 
 def _skipped(reason: str, backbone_id: str | None = None) -> RefitResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -139,11 +140,24 @@ def _clustering_metrics(snapshot: Snapshot) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(f"{PREFIX}_clustering_{name}", help_text, labels=labels)
         gauge.add_metric(backbone, float(value))
         yield gauge
+    # Timestamps as well as ages: `time() - x` in a rule stays right however old the scrape is.
+    created = GaugeMetricFamily(
+        f"{PREFIX}_clustering_created_timestamp_seconds",
+        "Unix time the current clustering was fitted.",
+        labels=labels,
+    )
+    created.add_metric(backbone, datetime.fromisoformat(str(clustering["created_at"])).timestamp())
+    yield created
     if snapshot.last_refit is not None:
         yield GaugeMetricFamily(
             f"{PREFIX}_refit_last_duration_seconds",
             "How long the newest refit (current or not) took to fit.",
             value=float(snapshot.last_refit["seconds"]),
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_refit_last_timestamp_seconds",
+            "Unix time of the newest refit (current or not).",
+            value=datetime.fromisoformat(str(snapshot.last_refit["at"])).timestamp(),
         )
 
 

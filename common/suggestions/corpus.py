@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common.db import keyset_chunks
@@ -42,6 +43,42 @@ def newest_backbone_id(session: Session, model_name: str) -> str | None:
         .order_by(Embedding.id.desc())
         .limit(1)
     ).scalar_one_or_none()
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """No clustering of the configured model yet: how many embedded listings have a label, of how many."""
+
+    labelled: int
+    needed: int
+
+    @property
+    def due(self) -> bool:
+        return self.labelled >= self.needed
+
+    @property
+    def reason(self) -> str:
+        """Why a listing has no suggestion yet, for the API."""
+        return (
+            f"no clustering yet: the first one is made once {self.needed} embedded listings have a "
+            f"category ({self.labelled} so far)"
+        )
+
+
+def cold_start(session: Session, model_name: str, needed: int) -> ColdStart | None:
+    """None once the model's newest backbone has a current clustering; else how far the first one is."""
+    backbone_id = newest_backbone_id(session, model_name)
+    if backbone_id is None:
+        return ColdStart(0, needed)
+    if current_version(session, backbone_id) is not None:
+        return None
+    labelled = session.execute(
+        select(func.count())
+        .select_from(Embedding)
+        .join(Listing, Listing.id == Embedding.listing_id)
+        .where(Embedding.backbone_id == backbone_id, label_expression().is_not(None))
+    ).scalar_one()
+    return ColdStart(int(labelled), needed)
 
 
 def current_version(session: Session, backbone_id: str) -> ClusteringVersion | None:

@@ -10,13 +10,15 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
 from common.listings.events import ListingEvent, publish_listings, refusal
 from common.listings.views import MAX_WAIT, WAIT_POLL, listing_view
 from common.moderation.accounts import Identity
 from common.object_store import overlay_url
 from common.runtime import Runtime
-from common.schema import TERMINAL_STATUSES
+from common.schema import TERMINAL_STATUSES, ListingStatus
+from common.suggestions.corpus import cold_start
 from review.auth import Ingest, Reader, runtime_of
 
 router = APIRouter(prefix="/api/v1", tags=["listings"])
@@ -127,4 +129,18 @@ async def get_listing(
 
 def _read_view(runtime: Runtime, external_id: str) -> dict[str, Any] | None:
     with runtime.db.transaction() as session:
-        return listing_view(session, external_id)
+        view = listing_view(session, external_id)
+        if view is not None:
+            view["pending_reason"] = pending_reason(session, runtime, view)
+        return view
+
+
+def pending_reason(session: Session, runtime: Runtime, view: dict[str, Any]) -> str | None:
+    """Why an embedded listing has no suggestion yet; None for every other listing."""
+    if view["status"] != ListingStatus.embedded or view["suggestion"] is not None:
+        return None
+    settings = runtime.settings
+    waiting = cold_start(session, settings.backbone.model, settings.refit.first_after)
+    if waiting is None:
+        return "embedded; its suggestion is written by the refit now running"
+    return waiting.reason

@@ -17,7 +17,7 @@ VARIABLE = re.compile(rf"\b{ENV_PREFIX}[A-Z0-9_]+\b")
 
 
 # Compose-level names that are not Vitrine settings.
-NOT_SETTINGS = {"VITRINE_IMAGE"}
+NOT_SETTINGS = {"VITRINE_SLIM_IMAGE", "VITRINE_ML_IMAGE", "VITRINE_ENV_FILE"}
 
 
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|_KEY$|TOKEN")
@@ -93,7 +93,7 @@ def test_volumes_for_state_and_model_weights() -> None:
 def test_app_services_share_one_env_file_and_hold_no_inline_secrets() -> None:
     for name, service in services().items():
         if command_text(service).startswith(("vitrine", "celery")):
-            assert service["env_file"] == ".env", name
+            assert service["env_file"] == "${VITRINE_ENV_FILE:-.env}", name
         environment = service.get("environment", {})
         assert isinstance(environment, dict), f"{name}: use the mapping form of environment"
         for key, value in environment.items():
@@ -118,3 +118,55 @@ def test_every_vitrine_variable_is_a_setting_and_every_setting_is_documented() -
     # Every ${VAR} compose interpolates is documented in .env.example.
     for name in set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text())):
         assert re.search(rf"^#?\s*{name}=", example, re.MULTILINE), f"{name} is not in .env.example"
+
+
+SLIM = {"migrate", "refit", "beat", "flower", "metrics", "review"}
+ML = {"embed", "embed-cpu", "explain"}
+
+
+def test_each_role_names_its_image_and_builds_it_from_its_lock() -> None:
+    found = services()
+    for name in SLIM | ML:
+        role = "slim" if name in SLIM else "ml"
+        assert found[name]["image"] == f"${{VITRINE_{role.upper()}_IMAGE:-vitrine-{role}:0.1.0}}", name
+        assert found[name]["build"]["args"]["LOCK"] == role, name
+        assert (ROOT / "deploy" / "requirements" / f"{role}.lock").is_file()
+
+
+def test_third_party_images_are_pinned_releases() -> None:
+    for name, service in services().items():
+        if "build" in service:
+            continue
+        image = service["image"]
+        _, _, tag = image.partition(":")
+        assert tag and tag != "latest", f"{name}: {image} is not pinned"
+        # A release, not a moving major: a dot in the version (7.4.2, 15.10) or a dated release.
+        assert "." in tag or tag.startswith("RELEASE."), f"{name}: {image} names a moving tag"
+
+
+def test_every_long_running_service_has_a_healthcheck_log_rotation_and_a_memory_limit() -> None:
+    for name, service in services().items():
+        assert service["logging"]["options"]["max-size"], name
+        assert service.get("mem_limit"), name
+        if name != "migrate":
+            assert service["healthcheck"]["test"], f"{name} has no healthcheck"
+
+
+def test_the_lock_files_pin_every_distribution_by_hash() -> None:
+    for lock in (ROOT / "deploy" / "requirements").glob("*.lock"):
+        entries = [e for e in lock.read_text().split("\n") if e and not e.startswith(("#", " "))]
+        assert entries, lock.name
+        for entry in entries:
+            assert re.fullmatch(r"[a-z0-9._-]+==[^ ]+ \\", entry), f"{lock.name}: {entry}"
+        assert lock.read_text().count("--hash=sha256:") == len(entries), lock.name
+    slim = (ROOT / "deploy" / "requirements" / "slim.lock").read_text()
+    assert "torch==" not in slim and "timm==" not in slim
+    assert "torch==" in (ROOT / "deploy" / "requirements" / "ml.lock").read_text()
+
+
+def test_the_dockerfile_fetches_nothing_from_a_registry_or_an_index() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert not dockerfile.startswith("# syntax="), "a frontend image would be fetched from a registry"
+    installs = [line for line in dockerfile.splitlines() if "pip install" in line]
+    assert installs and all("--no-index" in line for line in installs), installs
+    assert "--require-hashes" in dockerfile

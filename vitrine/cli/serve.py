@@ -25,4 +25,13 @@ def serve(
 
     application = create_app(state(ctx).settings, state(ctx).runtime)
     console.print(f"review app on http://{host}:{port}/ (API under /api/v1)")
-    uvicorn.run(application, host=host, port=port, proxy_headers=proxy_headers, log_level="info")
+    # uvicorn believes forwarded headers only from 127.0.0.1 by default; a proxy in another
+    # container (or on another host) is trusted by its address in VITRINE_FORWARDED_ALLOW_IPS.
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        proxy_headers=proxy_headers,
+        forwarded_allow_ips=state(ctx).settings.review.forwarded_allow_ips,
+        log_level="info",
+    )

@@ -316,6 +316,9 @@ def test_metrics_endpoint_serves_the_known_state(
         assert samples[key] == pytest.approx(value), key
     age = samples[("vitrine_clustering_age_seconds", backbone)]
     assert 3500 < age < 3700
+    created = samples[("vitrine_clustering_created_timestamp_seconds", backbone)]
+    assert 3500 < time.time() - created < 3700
+    assert time.time() - samples[("vitrine_refit_last_timestamp_seconds", ())] > 0
 
     # Read on every scrape: a new listing shows up without restarting the exporter.
     with db.transaction() as session:
