@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import httpx
 import numpy as np
 import torch
 from sqlalchemy import select, update
@@ -22,6 +21,7 @@ from common.object_store import OVERLAYS, STORAGE_ERRORS, ObjectStore
 from common.photos.decode import LoadedImage
 from common.photos.failures import Fault, ImageRejected
 from common.photos.fetch import http_client, load_image
+from common.photos.transport import PhotoClient
 from common.schema import ClusteringVersion, Listing, Suggestion
 from common.settings import Settings
 from common.vision.backbone import Backbone, weights_id
@@ -126,7 +126,7 @@ def _plan(db: Database, listing_ids: Sequence[int], backbone: Backbone) -> tuple
 
 
 def _load(
-    item: _Work, settings: Settings, store: ObjectStore, client: httpx.Client, min_side: int
+    item: _Work, settings: Settings, store: ObjectStore, client: PhotoClient, min_side: int
 ) -> ImageRejected | None:
     try:
         item.loaded = load_image(item.image_url, settings, store, client, min_side)

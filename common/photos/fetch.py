@@ -11,7 +11,8 @@ from minio.error import S3Error
 from common.object_store import STORAGE_ERRORS, ObjectStore, ObjectTooLarge
 from common.photos.decode import LoadedImage, decode_image
 from common.photos.failures import FailureReason, Fault, ImageRejected
-from common.photos.urls import check_object_allowed, check_url_allowed, parse_s3_url
+from common.photos.transport import PhotoClient
+from common.photos.urls import approve_url, check_object_allowed, parse_s3_url
 from common.settings import Settings
 
 MAX_REDIRECTS = 3
@@ -27,19 +28,24 @@ PERMANENT_S3_CODES = frozenset(
 )
 
 
-def http_client(settings: Settings) -> httpx.Client:
-    """One client per worker: creating one costs ~30 ms (TLS context), more than a decode."""
-    return httpx.Client(timeout=settings.photos.fetch_timeout, follow_redirects=False)
+def http_client(settings: Settings) -> PhotoClient:
+    """One client per worker: creating one costs ~30 ms (TLS context), more than a decode.
+
+    It connects only to addresses the URL check approved (`common.photos.transport`).
+    """
+    return PhotoClient(settings.photos.fetch_timeout)
 
 
-def fetch_http(url: str, settings: Settings, client: httpx.Client | None = None) -> bytes:
+def fetch_http(url: str, settings: Settings, client: PhotoClient | None = None) -> bytes:
     """GET within one deadline for the whole download, a byte cap, and the host checks on every hop."""
     deadline = time.monotonic() + settings.photos.fetch_timeout
     own_client = client is None
     client = client or http_client(settings)
     try:
         for _ in range(MAX_REDIRECTS + 1):
-            check_url_allowed(url, settings)
+            # Checked, then connected to the very address checked: on every redirect too.
+            approved = approve_url(url, settings)
+            client.pin(approved.host, approved.port, approved.address)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise httpx.TimeoutException("deadline passed")
@@ -114,7 +120,7 @@ def fetch_image_bytes(
     url: str,
     settings: Settings,
     store: ObjectStore | None = None,
-    client: httpx.Client | None = None,
+    client: PhotoClient | None = None,
 ) -> bytes:
     """Bytes of an `http(s)://` or `s3://bucket/key` image URL, within the configured limits."""
     if url.startswith("s3://"):
@@ -126,7 +132,7 @@ def load_image(
     url: str,
     settings: Settings,
     store: ObjectStore | None = None,
-    client: httpx.Client | None = None,
+    client: PhotoClient | None = None,
     min_side: int | None = None,
 ) -> LoadedImage:
     return decode_image(fetch_image_bytes(url, settings, store, client), settings, min_side)

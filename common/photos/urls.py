@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from common.photos.failures import FailureReason, ImageRejected
@@ -65,11 +66,21 @@ def is_public_address(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-def check_url_allowed(url: str, settings: Settings) -> str:
+@dataclass(frozen=True)
+class Approved:
+    """Where a checked URL may be fetched from: its host and port, and the address checked."""
+
+    host: str
+    port: int
+    address: str
+
+
+def approve_url(url: str, settings: Settings) -> Approved:
     """Validate an http(s) URL against the allow-list and refuse private targets.
 
-    Returns the host. Resolution happens here so that a name pointing at a private or loopback
-    address is refused before any request is sent.
+    Resolution happens here so that a name pointing at a private or loopback address is refused
+    before any request is sent; the fetch then connects to the address approved here, not to a
+    second lookup (`common.photos.transport`).
     """
     parts = urlsplit(url)
     if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
@@ -85,14 +96,21 @@ def check_url_allowed(url: str, settings: Settings) -> str:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except socket.gaierror as error:
         raise ImageRejected(FailureReason.fetch_failed, f"cannot resolve {host!r}: {error}") from None
-    addresses = {str(info[4][0]) for info in infos}
-    private = sorted(a for a in addresses if not is_public_address(a))
+    ordered = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    private = sorted(a for a in ordered if not is_public_address(a))
     if private and not _private_host_allowed(host, port, settings.photos.fetch_private_hosts):
         raise ImageRejected(
             FailureReason.private_address,
             f"host {host!r} port {port} resolves to non-public address {private[0]}",
         )
-    return host
+    if not ordered:
+        raise ImageRejected(FailureReason.fetch_failed, f"{host!r} resolves to no address")
+    return Approved(host, port, ordered[0])
+
+
+def check_url_allowed(url: str, settings: Settings) -> str:
+    """`approve_url`, for callers that want only the host."""
+    return approve_url(url, settings).host
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
