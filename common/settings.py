@@ -258,6 +258,9 @@ class OpsSettings(Group):
     flower_password: SecretStr | None = None
     flower_port: int = Field(5555, ge=1, le=65535)
     metrics_port: int = Field(9108, ge=1, le=65535)
+    # Every process's log lines: "text" (one line, time level logger: message) or "json" (one
+    # JSON object per line, for a log shipper).
+    log_format: Literal["text", "json"] = "text"
 
 
 class ReviewSettings(Group):

@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,11 +23,16 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.moderation.accounts import Identity
+from common.ops import logs
 from common.runtime import Runtime
 from common.settings import Settings, load_settings
 from review.auth import Reader, Sessions, SignInRequired
 from review.metrics import AppMetrics
 from review.routes import desk, listings, pages, review_api
+
+# A request id from outside is kept if it looks like one (a proxy's UUID or trace id).
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+access = logging.getLogger("review.access")
 
 # Pages load scripts only from this app; photos and overlays come from the object store or the
 # marketplace's own hosts, hence any https image source.
@@ -100,11 +108,21 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.middleware("http")
     async def _headers(request: Request, call_next: Any) -> Response:
         started = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.observe(
-            getattr(route, "path", None), request.method, response.status_code, time.perf_counter() - started
-        )
+        # The caller's request id (a proxy's), or a new one: on every log line of this request.
+        rid = request.headers.get("x-request-id", "")
+        token = logs.request_id.set(rid if REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex[:16])
+        try:
+            response: Response = await call_next(request)
+            seconds = time.perf_counter() - started
+            route = request.scope.get("route")
+            metrics.observe(getattr(route, "path", None), request.method, response.status_code, seconds)
+            # The access line (uvicorn's own has neither time nor duration): path, not query.
+            access.info(
+                "%s %s %d %.1f ms", request.method, request.url.path, response.status_code, 1000 * seconds
+            )
+            response.headers["X-Request-ID"] = logs.request_id.get() or ""
+        finally:
+            logs.request_id.reset(token)
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")

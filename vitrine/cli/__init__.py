@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
+from common.ops import logs
 from common.settings import ConfigError
 from vitrine.cli.root import CommandState, app, console
 
@@ -17,10 +17,8 @@ def register() -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Vitrine's own progress messages; libraries speak only when something is wrong.
-    for name in ("common", "vitrine"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    # Vitrine's own progress messages at INFO; libraries speak only when something is wrong.
+    logs.configure("text")
     register()
     try:
         app()

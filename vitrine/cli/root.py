@@ -11,6 +11,7 @@ from functools import cached_property
 import typer
 from rich.console import Console
 
+from common.ops import logs
 from common.runtime import Runtime
 from common.settings import Settings, load_settings
 
@@ -27,7 +28,10 @@ class CommandState:
 
     @cached_property
     def settings(self) -> Settings:
-        return load_settings()
+        settings = load_settings()
+        # The process's log lines in the configured format from here on (text until then).
+        logs.configure(settings.ops.log_format)
+        return settings
 
     @cached_property
     def runtime(self) -> Runtime:

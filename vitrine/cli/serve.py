@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
 
-from vitrine.cli.root import app, console, state
+from vitrine.cli.root import app, state
 
 
 @app.command()
@@ -24,7 +25,8 @@ def serve(
     from review.app import create_app
 
     application = create_app(state(ctx).settings, state(ctx).runtime)
-    console.print(f"review app on http://{host}:{port}/ (API under /api/v1)")
+    # A log line, not console text: in the JSON format every line of the stream is an object.
+    logging.getLogger("vitrine.serve").info("review app on http://%s:%d/ (API under /api/v1)", host, port)
     # uvicorn believes forwarded headers only from 127.0.0.1 by default; a proxy in another
     # container (or on another host) is trusted by its address in VITRINE_FORWARDED_ALLOW_IPS.
     uvicorn.run(
@@ -33,5 +35,8 @@ def serve(
         port=port,
         proxy_headers=proxy_headers,
         forwarded_allow_ips=state(ctx).settings.review.forwarded_allow_ips,
-        log_level="info",
+        # uvicorn's loggers go to the process's one format (`common.ops.logs`); the app writes
+        # its own access line, with the duration and the request id.
+        log_config=None,
+        access_log=False,
     )

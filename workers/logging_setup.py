@@ -1,4 +1,4 @@
-"""Celery's INFO lines about the sweep, left out of the logs.
+"""Celery's logging in the process's one format (`common.ops.logs`), without the sweep's chatter.
 
 Beat sends the sweep every `VITRINE_SWEEP_INTERVAL` (30 s), and Celery logs three INFO lines
 for each run (sent, received, succeeded): about 8,600 a day that say nothing. The sweep task
@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from celery.signals import after_setup_logger, after_setup_task_logger
 
 from common.delivery.queues import SWEEP_TASK
+from common.ops import logs
 
 
 class QuietSweep(logging.Filter):
@@ -32,8 +33,12 @@ QUIET = QuietSweep()
 
 @after_setup_logger.connect
 @after_setup_task_logger.connect
-def _quiet_sweep(logger: logging.Logger, **_: object) -> None:
+def _format_and_quiet(logger: logging.Logger, **_: object) -> None:
+    from workers.app import runtime  # the process's settings, read when Celery configured itself
+
+    log_format = runtime().settings.ops.log_format
     # On the handlers: a filter on a logger does not see records propagated from its children.
     for handler in logger.handlers:
+        logs.attach(handler, log_format)
         if QUIET not in handler.filters:
             handler.addFilter(QUIET)

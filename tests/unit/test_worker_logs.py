@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from workers.quiet import QUIET
+from workers.logging_setup import QUIET
 
 
 def record(level: int, message: str, args: object) -> logging.LogRecord:
