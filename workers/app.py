@@ -35,6 +35,7 @@ def runtime() -> Runtime:
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
+    logging_setup.LOG_FORMAT[0] = settings.ops.log_format
     return {
         "broker_url": settings.services.broker_url,
         # Results live in Postgres; the broker carries only work.

@@ -29,16 +29,16 @@ class QuietSweep(logging.Filter):
 
 
 QUIET = QuietSweep()
+# The process's `settings.ops.log_format`, set by `workers.app` when Celery reads its configuration
+# (which it does before it sets up logging).
+LOG_FORMAT = ["text"]
 
 
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _format_and_quiet(logger: logging.Logger, **_: object) -> None:
-    from workers.app import runtime  # the process's settings, read when Celery configured itself
-
-    log_format = runtime().settings.ops.log_format
     # On the handlers: a filter on a logger does not see records propagated from its children.
     for handler in logger.handlers:
-        logs.attach(handler, log_format)
+        logs.attach(handler, LOG_FORMAT[0])
         if QUIET not in handler.filters:
             handler.addFilter(QUIET)

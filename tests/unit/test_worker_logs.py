@@ -25,3 +25,18 @@ def test_only_the_routine_sweep_lines_are_dropped() -> None:
     assert QUIET.filter(record(logging.INFO, succeeded, {"name": "vitrine.embed_listings", "id": "2"}))
     assert QUIET.filter(record(logging.ERROR, "Task %(name)s raised", {"name": "vitrine.sweep_stale"}))
     assert QUIET.filter(record(logging.INFO, "plain line", None))
+
+
+def test_celerys_handlers_take_the_process_format() -> None:
+    from common.ops.logs import JsonFormatter
+    from workers import logging_setup
+
+    logger = logging.Logger("celery-like")
+    logger.addHandler(logging.StreamHandler())
+    logging_setup.LOG_FORMAT[0] = "json"
+    try:
+        logging_setup._format_and_quiet(logger)
+    finally:
+        logging_setup.LOG_FORMAT[0] = "text"
+    (handler,) = logger.handlers
+    assert isinstance(handler.formatter, JsonFormatter) and QUIET in handler.filters
