@@ -15,7 +15,7 @@ from celery import Celery
 from common.delivery.queues import EMBED_QUEUE, REFIT_QUEUE, REFIT_TASK, SWEEP_TASK, declarations, routes
 from common.runtime import Runtime
 from common.settings import Settings, load_settings
-from workers import logging_setup  # noqa: F401  (its logging signal handlers, for workers and beat)
+from workers import logging_setup  # its logging signal handlers, for workers and beat
 
 RESTORE_SCAN_SECONDS = 5
 
