@@ -7,20 +7,14 @@ The exporter (`vitrine metrics`) reads Postgres and Redis; what only the serving
 from __future__ import annotations
 
 import platform
-from importlib.metadata import PackageNotFoundError, version
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from common.ops.metrics import vitrine_version
 
 # From a 2 ms page to the 30 s long poll of `GET /api/v1/listings/{id}?wait=`.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UNMATCHED = "unmatched"  # requests no route answers: one label, whatever their paths
-
-
-def vitrine_version() -> str:
-    try:
-        return version("vitrine")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 class AppMetrics:
@@ -35,6 +29,14 @@ class AppMetrics:
             "Seconds from a request's arrival to its answer, by route template, method and status class.",
             ["route", "method", "status"],
             buckets=BUCKETS,
+            registry=self.registry,
+        )
+        # What marketplaces sent, by what became of each item (`created`, `requeued`, `unchanged`,
+        # or `rejected` with its error), counted where the API answered.
+        self.listings = Counter(
+            "vitrine_listings_received",
+            "Listings received through POST /api/v1/listings, by outcome.",
+            ["outcome"],
             registry=self.registry,
         )
         build = Gauge(

@@ -2,34 +2,132 @@
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from common.db import Database
 from common.ops.status import THROUGHPUT_WINDOW, Snapshot, collect
+from common.schema import ClusteringVersion, Listing, ModeratorDecision, Suggestion
 from common.settings import Settings
 
 PREFIX = "vitrine"
 
 
+def vitrine_version() -> str:
+    try:
+        return version("vitrine")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# From a batch that suggests within a second to a listing that waited an hour for the broker.
+LATENCY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
+
+
+class SuggestionLatency:
+    """Seconds from a listing's arrival to its first suggestion, as a cumulative histogram.
+
+    Each scrape adds the suggestions created since the last one (by id, so each is counted once);
+    those before the exporter started are not counted. Prometheus reads a restart as a reset.
+    """
+
+    def __init__(self) -> None:
+        self.last_id: int | None = None
+        self.counts = [0] * len(LATENCY_BUCKETS)
+        self.total = 0
+        self.sum = 0.0
+
+    def update(self, session: Session) -> None:
+        if self.last_id is None:
+            self.last_id = int(
+                session.execute(select(func.coalesce(func.max(Suggestion.id), 0))).scalar_one()
+            )
+            return
+        rows = session.execute(
+            select(Suggestion.id, func.extract("epoch", Suggestion.created_at - Listing.created_at))
+            .join(Listing, Listing.id == Suggestion.listing_id)
+            .where(Suggestion.id > self.last_id)
+            .order_by(Suggestion.id)
+            .limit(100_000)
+        ).all()
+        for suggestion_id, seconds in rows:
+            value = max(float(seconds or 0.0), 0.0)
+            self.total += 1
+            self.sum += value
+            for i, bound in enumerate(LATENCY_BUCKETS):
+                if value <= bound:
+                    self.counts[i] += 1
+            self.last_id = int(suggestion_id)
+
+    def metric(self) -> HistogramMetricFamily:
+        buckets = [(str(bound), float(n)) for bound, n in zip(LATENCY_BUCKETS, self.counts, strict=True)]
+        return HistogramMetricFamily(
+            f"{PREFIX}_publish_to_suggestion_seconds",
+            "Seconds from a listing's arrival to its first suggestion (made since the exporter started).",
+            buckets=[*buckets, ("+Inf", float(self.total))],
+            sum_value=self.sum,
+        )
+
+
+def event_metrics(session: Session) -> Iterator[Metric]:
+    """Counters of what happened, read off rows that are never deleted (the audit, the refits)."""
+    decisions = CounterMetricFamily(
+        f"{PREFIX}_decisions", "Moderator actions recorded, by action.", labels=["action"]
+    )
+    for action, n in session.execute(
+        select(ModeratorDecision.action, func.count())
+        .group_by(ModeratorDecision.action)
+        .order_by(ModeratorDecision.action)
+    ).all():
+        decisions.add_metric([str(action)], float(n))
+    yield decisions
+    refits = session.execute(select(func.count()).select_from(ClusteringVersion)).scalar_one()
+    yield CounterMetricFamily(
+        f"{PREFIX}_refits", "Clusterings fitted (refits that finished).", value=float(refits)
+    )
+
+
 class VitrineCollector(Collector):
-    """Reads a fresh snapshot per scrape, so the exporter holds no state that can drift."""
+    """Reads a fresh snapshot per scrape; only the latency histogram accumulates between scrapes."""
 
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
         self.db = db
+        self.latency = SuggestionLatency()
 
     def collect(self) -> Iterator[Metric]:
         started = time.monotonic()
         # No worker ping (it always waits its full timeout) and no S3 probe: Flower's own
-        # /metrics covers workers, and S3 is only touched by the explain worker.
+        # /metrics covers workers (and the embed batches' run time), and S3 is only touched by
+        # the explain worker.
         snapshot = collect(self.settings, self.db, ping_timeout=None, check_s3=False)
         yield from snapshot_metrics(snapshot)
+        build = GaugeMetricFamily(
+            f"{PREFIX}_build_info",
+            "Always 1; the labels name the running build.",
+            labels=["version", "python"],
+        )
+        build.add_metric([vitrine_version(), platform.python_version()], 1.0)
+        yield build
+        if "postgres" not in snapshot.unreachable:
+            try:
+                with self.db.transaction() as session:
+                    events = list(event_metrics(session))
+                    self.latency.update(session)
+                yield from events
+                yield self.latency.metric()
+            except SQLAlchemyError:
+                pass  # `vitrine_up{service="postgres"}` says so on the next scrape
         yield GaugeMetricFamily(
             f"{PREFIX}_scrape_duration_seconds",
             "Time this exporter took to read Postgres and Redis.",

@@ -84,6 +84,9 @@ async def post_listings(request: Request, _: Identity = Ingest) -> dict[str, Any
             for (index, _), p in zip(accepted, published, strict=True)
         ]
     results.sort(key=lambda r: r["index"])
+    counter = request.app.state.metrics.listings
+    for result in results:
+        counter.labels(result.get("outcome", "rejected")).inc()
     return {
         "accepted": len(accepted),
         "rejected": len(items) - len(accepted),
