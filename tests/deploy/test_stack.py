@@ -302,10 +302,20 @@ def _all_images_loaded(page: Page) -> int:
     count = page.locator("img").count()
     for index in range(count):
         page.locator("img").nth(index).scroll_into_view_if_needed()
-    page.wait_for_function(
-        "[...document.images].every(i => i.complete && i.naturalWidth > 0)", timeout=20_000
-    )
+    _until(page, "() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
     return count
+
+
+def _until(page: Page, script: str, arg: object = None, timeout: float = 20.0) -> None:
+    """Poll `script` with `evaluate`: the page's CSP forbids the string evaluation that
+    `wait_for_function` does inside the page."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(script, arg):
+        assert time.monotonic() < deadline, f"timed out waiting for {script}"
+        time.sleep(0.05)
+
+
+SHOWN = "() => document.querySelector('.desk-item')?.dataset.externalId || ''"
 
 
 def _review_in_a_browser(api: str) -> None:
@@ -325,8 +335,14 @@ def _review_in_a_browser(api: str) -> None:
             for _ in range(5):
                 assert page.locator("#photo").count() == 1 and page.locator("#heat").count() == 1
                 loaded.append(_all_images_loaded(page))
-                with page.expect_navigation():
-                    page.keyboard.press("a")
+                # The desk shows the next item at once and posts the decision in the background.
+                shown = page.evaluate(SHOWN)
+                page.keyboard.press("a")
+                _until(page, f"(before) => ({SHOWN})() !== before", shown)
+                page.wait_for_timeout(200)  # a second key within 150 ms would be a bounce
+            # Every decision posted and answered before the page goes.
+            _until(page, "() => document.getElementById('retry').hidden")
+            page.wait_for_load_state("networkidle")
             page.screenshot(path=str(ROOT / "out" / "deploy-review.png"), full_page=True)
         finally:
             browser.close()
