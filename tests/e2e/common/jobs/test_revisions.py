@@ -13,6 +13,7 @@ from common.listings.events import ListingEvent, record_listing
 from common.object_store import ObjectStore
 from common.schema import Embedding, Listing, ListingStatus, Suggestion
 from common.settings import Settings
+from common.suggestions.rows import load_suggestion_model
 from common.vision.backbone import Backbone
 from tests.conftest import FLIPKART
 from tests.helpers import flipkart_rows, seed_listings
@@ -116,3 +117,25 @@ def test_an_overlay_of_a_photo_replaced_while_it_is_explained_is_not_recorded(
     _, _, suggestion = _state(db, ids[swapped])
     assert suggestion is not None and suggestion.overlay_key is not None
     assert new_sha in suggestion.overlay_key
+
+
+def test_a_new_photo_is_not_scored_with_the_old_photos_cached_out_of_fold_score(
+    db: Database, settings: Settings, clean_db: None, store: ObjectStore, lite0: Backbone
+) -> None:
+    rows = flipkart_rows("Watches")[:6] + flipkart_rows("Computers")[:6]
+    ids = seed_listings(db, settings, store, lite0, rows)
+    with db.transaction() as session:
+        model = load_suggestion_model(session, lite0.backbone_id, settings)
+    assert model is not None and model.fitted is not None
+    swapped = ids[rows[0]["uniq_id"]]
+    assert swapped in set(model.fitted.oof_ids.tolist())  # the refit cached its old photo's score
+    new_url, _ = _upload(store, settings, flipkart_rows("Computers")[6])
+    _repost(db, rows[0]["uniq_id"], new_url)
+
+    EmbedPipeline(settings, db, lite0, store).run([swapped])
+    listing, embedding, suggestion = _state(db, swapped)
+    assert embedding is not None and suggestion is not None
+    fresh = model.score(embedding.vector[None, :], [listing.title], None)[0]
+    cached = model.score(embedding.vector[None, :], [listing.title], [swapped])[0]
+    assert abs(fresh.confidence - cached.confidence) > 1e-3  # the cache would change the verdict
+    assert suggestion.confidence == round(fresh.confidence, 6)
