@@ -13,7 +13,7 @@ from common.listings.events import ListingEvent, record_listing
 from common.object_store import ObjectStore
 from common.schema import Embedding, Listing, ListingStatus, Suggestion
 from common.settings import Settings
-from common.suggestions.rows import load_suggestion_model
+from common.suggestions.rows import load_suggestion_model, reassign_suggestions
 from common.vision.backbone import Backbone
 from tests.conftest import FLIPKART
 from tests.helpers import flipkart_rows, seed_listings
@@ -139,3 +139,20 @@ def test_a_new_photo_is_not_scored_with_the_old_photos_cached_out_of_fold_score(
     cached = model.score(embedding.vector[None, :], [listing.title], [swapped])[0]
     assert abs(fresh.confidence - cached.confidence) > 1e-3  # the cache would change the verdict
     assert suggestion.confidence == round(fresh.confidence, 6)
+
+
+def test_a_reassignment_after_a_re_post_leaves_the_new_photo_queued(
+    db: Database, settings: Settings, clean_db: None, store: ObjectStore, lite0: Backbone
+) -> None:
+    rows = flipkart_rows("Watches")[:3] + flipkart_rows("Computers")[:3]
+    ids = seed_listings(db, settings, store, lite0, rows)
+    swapped = ids[rows[0]["uniq_id"]]
+    new_url, _ = _upload(store, settings, flipkart_rows("Computers")[3])
+    _repost(db, rows[0]["uniq_id"], new_url)
+
+    # The refit's pass over stored vectors meets the old photo's vector of the swapped listing.
+    written, _, _ = reassign_suggestions(db, settings, lite0.backbone_id)
+    assert written == len(ids) - 1
+    listing, _, suggestion = _state(db, swapped)
+    assert listing.status == ListingStatus.queued  # its embed message still finds it to do
+    assert suggestion is not None and suggestion.revision == 1 and not suggestion.needs_review
