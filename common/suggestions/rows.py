@@ -130,6 +130,7 @@ def upsert_suggestions(
                 Suggestion.previous_overlay_key,
                 Suggestion.previous_heatmap_key,
                 Suggestion.previous_explain_target,
+                Suggestion.revision,
             )
             .where(Suggestion.listing_id.in_(ids))
             .with_for_update()
@@ -146,8 +147,11 @@ def upsert_suggestions(
         )
         needs_review = reason is not None
         old = previous.get(listing_id)
-        kept = old is not None and _same_decision(
-            old, model.version_id, scored.cluster, scored.category, lineage
+        # An overlay of another revision explains another photo, whatever the decision.
+        kept = (
+            old is not None
+            and old.revision == current.get(listing_id)
+            and _same_decision(old, model.version_id, scored.cluster, scored.category, lineage)
         )
         rows.append(
             {
