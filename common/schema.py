@@ -298,3 +298,5 @@ class ReviewLease(Base):
     listing_id: Mapped[int] = mapped_column(ForeignKey("listing.id", ondelete="CASCADE"), primary_key=True)
     moderator: Mapped[str] = mapped_column(String(100))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The listing's revision claimed: a new photo ends the claim, and a decision under it is refused.
+    revision: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))

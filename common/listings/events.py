@@ -10,7 +10,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import delete, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -171,7 +171,7 @@ def new_revision(session: Session, listing: Listing) -> None:
 
     Writes still under way for the old revision are discarded when they land (they compare
     revisions under the listing's lock). The old suggestion stays for the record but waits for
-    no one, its overlays (current and previous) are forgotten, and the claim on it is given back:
+    no one, its overlays (current and previous) are forgotten, and the claim on it runs out:
     the new photo is scored and, if it needs one, reviewed on its own. A moderator decision of
     the old revision no longer labels the listing (`common.moderation.labels`).
     """
@@ -191,7 +191,10 @@ def new_revision(session: Session, listing: Listing) -> None:
             previous_explain_target=None,
         )
     )
-    session.execute(delete(ReviewLease).where(ReviewLease.listing_id == listing.id))
+    # Run out, not removed: its moderator's decision is then refused as being of the old photo.
+    session.execute(
+        update(ReviewLease).where(ReviewLease.listing_id == listing.id).values(expires_at=func.now())
+    )
 
 
 def record_listings(session: Session, events: list[ListingEvent]) -> list[Published]:

@@ -87,8 +87,12 @@ def decide(
         raise Conflict(f"listing {external_id!r} is not waiting for review", "external_id")
     lease = session.get(ReviewLease, listing.id, with_for_update=True)
     # An expired lease of this moderator still counts while nobody else has claimed the item.
+    if lease is not None and lease.moderator == moderator and lease.revision != listing.revision:
+        raise Conflict(
+            f"listing {external_id!r} has a new photo since you claimed it; claim it again to see it",
+            "external_id",
+        )
     if lease is None or lease.moderator != moderator:
-        # A claim ends when it runs out, when someone else takes it over, or with a new photo.
         holder = "nobody" if lease is None else "another moderator"
         raise Conflict(f"listing {external_id!r} is claimed by {holder}; claim it first", "external_id")
     if action == Action.accept:
@@ -167,10 +171,13 @@ def undo(session: Session, moderator: str, external_id: str, lease_seconds: int)
     )
     session.add(row)
     expires = datetime.now(UTC) + timedelta(seconds=lease_seconds)
-    statement = insert(ReviewLease).values(listing_id=listing.id, moderator=moderator, expires_at=expires)
+    statement = insert(ReviewLease).values(
+        listing_id=listing.id, moderator=moderator, expires_at=expires, revision=listing.revision
+    )
     session.execute(
         statement.on_conflict_do_update(
-            index_elements=["listing_id"], set_={"moderator": moderator, "expires_at": expires}
+            index_elements=["listing_id"],
+            set_={"moderator": moderator, "expires_at": expires, "revision": listing.revision},
         )
     )
     session.flush()

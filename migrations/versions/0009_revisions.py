@@ -16,7 +16,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # Everything stored so far was made from the only content its listing has had: revision 1.
-TABLES = ("listing", "embedding", "suggestion", "moderator_decision")
+TABLES = ("listing", "embedding", "suggestion", "moderator_decision", "review_lease")
 
 
 def upgrade() -> None:

@@ -31,7 +31,7 @@ def test_stored_rows_are_of_revision_one_and_a_downgrade_drops_the_column(settin
         with database.transaction() as session:
             assert session.execute(text("SELECT revision FROM listing")).scalar_one() == 1
             tables = list(session.execute(text(COLUMNS)).scalars())
-        assert tables == ["embedding", "listing", "moderator_decision", "suggestion"]
+        assert tables == ["embedding", "listing", "moderator_decision", "review_lease", "suggestion"]
         command.downgrade(alembic_config(url), "0008")
         with database.transaction() as session:
             assert list(session.execute(text(COLUMNS)).scalars()) == []

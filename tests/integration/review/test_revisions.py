@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from common.db import Database
 from common.jobs.embed import split_suspects
@@ -60,6 +60,36 @@ def test_a_decision_on_a_photo_replaced_while_claimed_is_refused(
     assert listing.status == ListingStatus.queued
     assert suggestion is not None and not suggestion.needs_review
     assert split_suspects(db, [listing.id]) == ([listing.id], [])
+
+
+def test_a_decision_under_a_claim_of_the_old_photo_is_refused_once_the_new_one_is_scored(
+    client: TestClient, tokens: Tokens, db: Database
+) -> None:
+    add_flagged(db, [("swap", 0.4)])
+    assert _claim(client, tokens.alice) == "swap"
+    _repost(db, "swap")
+    # The new photo is embedded and flagged in its turn (as the embed worker writes it).
+    with db.transaction() as session:
+        listing = session.execute(select(Listing).where(Listing.external_id == "swap")).scalar_one()
+        listing.status = ListingStatus.suggested
+        session.execute(
+            update(Suggestion)
+            .where(Suggestion.listing_id == listing.id)
+            .values(revision=listing.revision, needs_review=True)
+        )
+
+    response = client.post(
+        "/api/v1/review/swap/decision", json={"action": "accept"}, headers=bearer(tokens.alice)
+    )
+    assert response.status_code == 409, response.text
+    assert "new photo" in response.text
+    assert _decisions(db) == 0
+    # Claimed again, the new photo is alice's to decide.
+    assert _claim(client, tokens.alice) == "swap"
+    response = client.post(
+        "/api/v1/review/swap/decision", json={"action": "accept"}, headers=bearer(tokens.alice)
+    )
+    assert response.status_code == 200, response.text
 
 
 def test_a_new_photo_ends_the_old_decision(client: TestClient, tokens: Tokens, db: Database) -> None:
