@@ -89,6 +89,10 @@ class Listing(Base):
     # Set when a worker claims the listing and cleared when that batch's outcome is written: a
     # listing that arrives still claimed took its worker down, and is handled alone.
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The listing's content version: a new photo increments it. Whatever is made from the
+    # content (embedding, suggestion, overlay, decision) records the revision it was made from,
+    # and a write for an older one is discarded (docs/reliability.md, "Revisions").
+    revision: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
 
     suggestion: Mapped[Suggestion | None] = relationship(back_populates="listing", uselist=False)
 
@@ -107,6 +111,8 @@ class Embedding(Base):
     image_sha256: Mapped[str] = mapped_column(String(64))
     dim: Mapped[int] = mapped_column(Integer)
     vector: Mapped[np.ndarray] = mapped_column(Vector)
+    # The listing's revision whose photo this vector is of.
+    revision: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
@@ -189,6 +195,8 @@ class Suggestion(Base):
     explain_error: Mapped[str | None] = mapped_column(Text)
     # When an overlay was last asked for; NULL: not yet asked (the sweep asks).
     explain_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The listing's revision this suggestion (and its overlay) was made from.
+    revision: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -232,6 +240,8 @@ class ModeratorDecision(Base):
     clustering_version_id: Mapped[int | None] = mapped_column(BigInteger)
     # An `undo` row names the decision it reverts; the reverted row itself is never changed.
     reverts_id: Mapped[int | None] = mapped_column(ForeignKey("moderator_decision.id"))
+    # The listing's revision decided on: a decision labels the listing only while it is current.
+    revision: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
 
     __table_args__ = (
         Index("ix_decision_listing", "listing_id", "id"),
@@ -288,3 +298,5 @@ class ReviewLease(Base):
     listing_id: Mapped[int] = mapped_column(ForeignKey("listing.id", ondelete="CASCADE"), primary_key=True)
     moderator: Mapped[str] = mapped_column(String(100))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The listing's revision claimed: a new photo ends the claim, and a decision under it is refused.
+    revision: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))

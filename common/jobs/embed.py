@@ -47,6 +47,7 @@ class Claimed:
     url: str
     attempts: int
     last_error: str | None
+    revision: int  # the listing's revision whose photo `url` is
 
 
 @dataclass
@@ -67,6 +68,7 @@ class BatchReport:
         self.failed.update(other.failed)
         self.explain += other.explain
         self.retry.update(other.retry)
+        self.skipped += other.skipped
 
 
 class ClaimGate:
@@ -171,8 +173,21 @@ class EmbedPipeline:
     ) -> BatchReport:
         """One transaction for the batch's outcome; safe to run again after a failed commit."""
         report = BatchReport()
-        good = [p for p in prepared if p.tensor is not None]
         with self.db.transaction() as session:
+            # A new photo posted while this batch worked on the old one: that listing's outcome
+            # is discarded (its new message brings the new photo), under the listing's lock.
+            current = still_current(session, [p.source for p in prepared] + over)
+            report.skipped = sorted({p.source.listing_id for p in prepared} - current)
+            kept = [
+                (p, v)
+                for p, v in zip(_with_tensor(prepared), vectors, strict=True)
+                if p.source.listing_id in current
+            ]
+            good = [p for p, _ in kept]
+            if kept:
+                vectors = np.stack([v for _, v in kept])
+            prepared = [p for p in prepared if p.source.listing_id in current]
+            over = [c for c in over if c.listing_id in current]
             store_embeddings(session, self.backbone, good, vectors)
             self._suggest(session, good, vectors, report)
             for item in prepared:
@@ -205,7 +220,17 @@ class EmbedPipeline:
         if self._suggestions is None:
             session.execute(update(Listing).where(Listing.id.in_(ids)).values(status=ListingStatus.embedded))
             return
-        rows = upsert_suggestions(session, self._suggestions, ids, vectors, self.settings)
+        # Each vector is of the photo just fetched, which the refit may never have seen: the
+        # out-of-fold scores it cached per listing could be of an older photo, so none is used.
+        rows = upsert_suggestions(
+            session,
+            self._suggestions,
+            ids,
+            vectors,
+            self.settings,
+            revisions={p.source.listing_id: p.source.revision for p in good},
+            out_of_fold=False,
+        )
         report.suggested += [r.listing_id for r in rows]
         report.explain += explanation_wanted(rows, self.settings.explain.sample_rate)
 
@@ -264,9 +289,32 @@ def claim_listings(db: Database, listing_ids: Sequence[int]) -> list[Claimed]:
             update(Listing)
             .where(Listing.id.in_(listing_ids), Listing.status == ListingStatus.queued)
             .values(attempts=Listing.attempts + 1, claimed_at=datetime.now(UTC))
-            .returning(Listing.id, Listing.image_url, Listing.attempts, Listing.last_error)
+            .returning(Listing.id, Listing.image_url, Listing.attempts, Listing.last_error, Listing.revision)
         ).all()
-    return [Claimed(row[0], row[1], row[2], row[3]) for row in rows]
+    return [Claimed(row[0], row[1], row[2], row[3], row[4]) for row in rows]
+
+
+def _with_tensor(prepared: Sequence[Prepared[Claimed]]) -> list[Prepared[Claimed]]:
+    """The prepared photos that were embedded, in the order of their vectors."""
+    return [p for p in prepared if p.tensor is not None]
+
+
+def still_current(session: Session, claimed: Sequence[Claimed]) -> set[int]:
+    """The claimed listings whose revision is still the one claimed, locked until the commit.
+
+    The lock orders this write after (or before) a re-post's: a new photo committed first is
+    seen here, and one committed after finds this batch's outcome written and replaces it.
+    """
+    if not claimed:
+        return set()
+    wanted = {(c.listing_id, c.revision) for c in claimed}
+    rows = session.execute(
+        select(Listing.id, Listing.revision)
+        .where(Listing.id.in_(sorted({c.listing_id for c in claimed})))
+        .order_by(Listing.id)
+        .with_for_update()
+    ).all()
+    return {listing_id for listing_id, revision in rows if (listing_id, revision) in wanted}
 
 
 def record_last_error(db: Database, listing_ids: Sequence[int], detail: str) -> None:
@@ -292,6 +340,7 @@ def store_embeddings(
             "image_sha256": p.sha256,
             "dim": backbone.dim,
             "vector": vector,
+            "revision": p.source.revision,
         }
         for p, vector in zip(prepared, vectors, strict=True)
     ]
@@ -304,6 +353,7 @@ def store_embeddings(
                 "vector": statement.excluded.vector,
                 "image_sha256": statement.excluded.image_sha256,
                 "dim": statement.excluded.dim,
+                "revision": statement.excluded.revision,
             },
         )
     )

@@ -79,6 +79,7 @@ class _Work:
     cluster: int
     centroid: np.ndarray | None
     has_suggestion: bool
+    revision: int  # the listing's revision whose photo `image_url` is
     loaded: LoadedImage | None = None
     explanation: Explanation | None = None
 
@@ -101,7 +102,17 @@ def _plan(db: Database, listing_ids: Sequence[int], backbone: Backbone) -> tuple
                 if not has_classifier(backbone.model):
                     report.skipped.append(listing.id)
                     continue
-                work.append(_Work(listing.id, listing.image_url, NO_CLUSTERING_VERSION, -1, None, False))
+                work.append(
+                    _Work(
+                        listing.id,
+                        listing.image_url,
+                        NO_CLUSTERING_VERSION,
+                        -1,
+                        None,
+                        False,
+                        listing.revision,
+                    )
+                )
                 continue
             version = suggestion.clustering_version_id
             if suggestion.overlay_key is not None:
@@ -121,7 +132,21 @@ def _plan(db: Database, listing_ids: Sequence[int], backbone: Backbone) -> tuple
                 centroids[version] = clustering.centroid_matrix()
             centroid = centroids[version][suggestion.cluster].astype(np.float32)
             centroid = centroid / max(float(np.linalg.norm(centroid)), 1e-12)
-            work.append(_Work(listing.id, listing.image_url, version, suggestion.cluster, centroid, True))
+            if suggestion.revision != listing.revision:
+                # The suggestion is of a photo replaced since: the new one's comes with its embedding.
+                report.skipped.append(listing.id)
+                continue
+            work.append(
+                _Work(
+                    listing.id,
+                    listing.image_url,
+                    version,
+                    suggestion.cluster,
+                    centroid,
+                    True,
+                    listing.revision,
+                )
+            )
     return work, report
 
 
@@ -229,14 +254,25 @@ def _record(db: Database, work: list[_Work], report: ExplainReport) -> list[int]
 
     Guarded by the decision explained (version and cluster): if a refit changed it meanwhile,
     the overlay is not recorded and the request is forgotten, so the sweep asks again for an
-    overlay of the new decision.
+    overlay of the new decision. Guarded by the revision too: an overlay (or an error) of a
+    photo replaced meanwhile is discarded; the new photo's suggestion asks for its own.
     """
     planned = {item.listing_id: item for item in work if item.has_suggestion}
     recorded = []
     with db.transaction() as session:
+        # Locked until the commit, so a re-post lands before (seen here) or after (clears these).
+        revisions: dict[int, int] = {
+            listing_id: revision
+            for listing_id, revision in session.execute(
+                select(Listing.id, Listing.revision)
+                .where(Listing.id.in_(sorted(planned)))
+                .order_by(Listing.id)
+                .with_for_update()
+            )
+        }
         for listing_id, done in report.explained.items():
             item = planned.get(listing_id)
-            if item is None:
+            if item is None or revisions.get(listing_id) != item.revision:
                 continue
             matched = session.execute(
                 update(Suggestion)
@@ -244,6 +280,7 @@ def _record(db: Database, work: list[_Work], report: ExplainReport) -> list[int]
                     Suggestion.listing_id == listing_id,
                     Suggestion.clustering_version_id == item.version,
                     Suggestion.cluster == item.cluster,
+                    Suggestion.revision == item.revision,
                 )
                 .values(
                     overlay_key=done.overlay_key,
@@ -267,7 +304,9 @@ def _record(db: Database, work: list[_Work], report: ExplainReport) -> list[int]
             else:
                 recorded.append(listing_id)
         for listing_id, reason in report.failed.items():
-            record_explain_error(session, listing_id, reason)
+            item = planned.get(listing_id)
+            if item is None or revisions.get(listing_id) == item.revision:
+                record_explain_error(session, listing_id, reason)
     return recorded
 
 

@@ -10,7 +10,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -19,7 +19,7 @@ from common.delivery.publisher import BROKER_ERRORS
 from common.photos.failures import ImageRejected
 from common.photos.urls import check_object_allowed, parse_s3_url
 from common.runtime import Runtime
-from common.schema import Listing, ListingStatus, Suggestion
+from common.schema import Listing, ListingStatus, ReviewLease, Suggestion
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -162,14 +162,39 @@ def record_listing(session: Session, event: ListingEvent) -> Published:
     listing.enqueued_at = None
     listing.claimed_at = None
     if not same_image:
-        listing.image_sha256 = None
-        # The overlay explained the old photo; the new photo's decision gets its own.
-        session.execute(
-            update(Suggestion)
-            .where(Suggestion.listing_id == listing.id)
-            .values(overlay_key=None, heatmap_key=None, explain_target=None, explain_requested_at=None)
-        )
+        new_revision(session, listing)
     return Published(listing.id, event.external_id, "requeued")
+
+
+def new_revision(session: Session, listing: Listing) -> None:
+    """A new photo: a new revision, and nothing made from the old photo counts any more.
+
+    Writes still under way for the old revision are discarded when they land (they compare
+    revisions under the listing's lock). The old suggestion stays for the record but waits for
+    no one, its overlays (current and previous) are forgotten, and the claim on it runs out:
+    the new photo is scored and, if it needs one, reviewed on its own. A moderator decision of
+    the old revision no longer labels the listing (`common.moderation.labels`).
+    """
+    listing.revision += 1
+    listing.image_sha256 = None
+    session.execute(
+        update(Suggestion)
+        .where(Suggestion.listing_id == listing.id)
+        .values(
+            needs_review=False,
+            overlay_key=None,
+            heatmap_key=None,
+            explain_target=None,
+            explain_requested_at=None,
+            previous_overlay_key=None,
+            previous_heatmap_key=None,
+            previous_explain_target=None,
+        )
+    )
+    # Run out, not removed: its moderator's decision is then refused as being of the old photo.
+    session.execute(
+        update(ReviewLease).where(ReviewLease.listing_id == listing.id).values(expires_at=func.now())
+    )
 
 
 def record_listings(session: Session, events: list[ListingEvent]) -> list[Published]:

@@ -76,10 +76,22 @@ def decide(
     ).scalar_one_or_none()
     if listing.status == ListingStatus.reviewed:
         raise Conflict(f"listing {external_id!r} is already decided", "external_id")
+    if suggestion is not None and suggestion.revision != listing.revision:
+        # What the moderator looked at is a photo the seller has replaced since.
+        raise Conflict(
+            f"listing {external_id!r} has a new photo since it was claimed: it is scored again and "
+            "comes back to the queue if it needs a moderator",
+            "external_id",
+        )
     if suggestion is None or not suggestion.needs_review:
         raise Conflict(f"listing {external_id!r} is not waiting for review", "external_id")
     lease = session.get(ReviewLease, listing.id, with_for_update=True)
     # An expired lease of this moderator still counts while nobody else has claimed the item.
+    if lease is not None and lease.moderator == moderator and lease.revision != listing.revision:
+        raise Conflict(
+            f"listing {external_id!r} has a new photo since you claimed it; claim it again to see it",
+            "external_id",
+        )
     if lease is None or lease.moderator != moderator:
         holder = "nobody" if lease is None else "another moderator"
         raise Conflict(f"listing {external_id!r} is claimed by {holder}; claim it first", "external_id")
@@ -103,6 +115,7 @@ def decide(
         clustering_version_id=suggestion.clustering_version_id,
         moderator=moderator,
         note=note or None,
+        revision=listing.revision,
     )
     session.add(decision)
     session.execute(delete(ReviewLease).where(ReviewLease.listing_id == listing.id))
@@ -130,6 +143,14 @@ def undo(session: Session, moderator: str, external_id: str, lease_seconds: int)
     ).scalar_one_or_none()
     if last is None or last.moderator != moderator:
         raise Conflict(f"listing {external_id!r}: you have no decision on it to undo", "external_id")
+    if last.revision != listing.revision:
+        # The decision stopped counting with the new photo, which has work of its own pending:
+        # undoing it now would put the old suggestion back in front of the new photo.
+        raise Conflict(
+            f"listing {external_id!r} has a new photo since your decision, which no longer applies: "
+            "nothing to undo",
+            "external_id",
+        )
     if last.action != Action.skip:
         listing.status = ListingStatus.suggested
         session.execute(
@@ -146,13 +167,17 @@ def undo(session: Session, moderator: str, external_id: str, lease_seconds: int)
         clustering_version_id=last.clustering_version_id,
         moderator=moderator,
         reverts_id=last.id,
+        revision=last.revision,
     )
     session.add(row)
     expires = datetime.now(UTC) + timedelta(seconds=lease_seconds)
-    statement = insert(ReviewLease).values(listing_id=listing.id, moderator=moderator, expires_at=expires)
+    statement = insert(ReviewLease).values(
+        listing_id=listing.id, moderator=moderator, expires_at=expires, revision=listing.revision
+    )
     session.execute(
         statement.on_conflict_do_update(
-            index_elements=["listing_id"], set_={"moderator": moderator, "expires_at": expires}
+            index_elements=["listing_id"],
+            set_={"moderator": moderator, "expires_at": expires, "revision": listing.revision},
         )
     )
     session.flush()
@@ -160,12 +185,14 @@ def undo(session: Session, moderator: str, external_id: str, lease_seconds: int)
 
 
 def decision_of(session: Session, listing_id: int) -> ModeratorDecision | None:
-    """The listing's standing accept or override, if any."""
+    """The listing's standing accept or override of its current revision, if any."""
     return session.execute(
         select(ModeratorDecision)
+        .join(Listing, Listing.id == ModeratorDecision.listing_id)
         .where(
             ModeratorDecision.listing_id == listing_id,
             ModeratorDecision.action.in_(LABELLING),
+            ModeratorDecision.revision == Listing.revision,
             standing(),
         )
         .order_by(ModeratorDecision.id.desc())

@@ -17,7 +17,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from common.moderation.queue import Lease, skipped_by, waiting
+from common.moderation.queue import Lease, revision_of, skipped_by, waiting
 from common.schema import Embedding, Listing, ReviewLease, Suggestion
 
 # Cosine similarity of pooled features above which two photos show the same product. On the 1047
@@ -98,12 +98,15 @@ def group(
         row = rows[int(index)]
         # As in a claim: the lease is taken only where nobody else holds a live one.
         statement = insert(ReviewLease).values(
-            listing_id=row.listing_id, moderator=moderator, expires_at=expires
+            listing_id=row.listing_id,
+            moderator=moderator,
+            expires_at=expires,
+            revision=revision_of(row.listing_id),
         )
         taken = session.execute(
             statement.on_conflict_do_update(
                 index_elements=["listing_id"],
-                set_={"moderator": moderator, "expires_at": expires},
+                set_={"moderator": moderator, "expires_at": expires, "revision": statement.excluded.revision},
                 where=or_(ReviewLease.expires_at <= now, ReviewLease.moderator == moderator),
             ).returning(ReviewLease.listing_id)
         ).first()

@@ -1,7 +1,7 @@
 """The vocabulary of decisions, which of them still stand, and the label they make of a listing.
 
-A listing's label (what refits learn from) is the newest moderator decision still standing,
-else the seller's category.
+A listing's label (what refits learn from) is the newest moderator decision still standing on
+its current revision (a new photo ends the old decisions' say), else the seller's category.
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ def standing() -> ColumnElement[bool]:
 
 
 def label_expression() -> ColumnElement[str | None]:
-    """A listing's label: the newest moderator decision still standing, else the seller's category."""
+    """A listing's label: the newest decision standing on its revision, else the seller's category."""
     decision = (
         select(ModeratorDecision.category)
         .where(
             ModeratorDecision.listing_id == Listing.id,
             ModeratorDecision.action.in_(LABELLING),
+            ModeratorDecision.revision == Listing.revision,
             standing(),
         )
         .order_by(ModeratorDecision.id.desc())

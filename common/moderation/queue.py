@@ -72,6 +72,11 @@ def skipped_by(moderator: str) -> Any:
     )
 
 
+def revision_of(listing_id: int) -> Any:
+    """The listing's current revision, as a scalar subquery (what a new lease records)."""
+    return select(Listing.revision).where(Listing.id == listing_id).scalar_subquery()
+
+
 def waiting_in_order(filters: Filters = ALL, *conditions: Any, limit: int = 1) -> Select[Any]:
     """Waiting items in the order moderators get them (`triage.priority`, then the oldest listing)."""
     return (
@@ -132,12 +137,15 @@ def claim(
         # its statement started with, and a moderator who claimed the item since then has
         # already committed a lease that the conflict clause sees (and keeps).
         statement = insert(ReviewLease).values(
-            listing_id=row.listing_id, moderator=moderator, expires_at=expires
+            listing_id=row.listing_id,
+            moderator=moderator,
+            expires_at=expires,
+            revision=revision_of(row.listing_id),
         )
         won = session.execute(
             statement.on_conflict_do_update(
                 index_elements=["listing_id"],
-                set_={"moderator": moderator, "expires_at": expires},
+                set_={"moderator": moderator, "expires_at": expires, "revision": statement.excluded.revision},
                 where=ReviewLease.expires_at <= now,
             ).returning(ReviewLease.listing_id)
         ).first()

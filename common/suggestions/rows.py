@@ -6,7 +6,7 @@ database in either); this module is where they meet Postgres.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,8 +81,16 @@ def upsert_suggestions(
     vectors: np.ndarray,
     settings: Settings,
     lineage: Lineage | None = None,
+    *,
+    revisions: Mapping[int, int] | None = None,
+    out_of_fold: bool = True,
 ) -> list[SuggestionRow]:
     """Suggest for these listings under `model`; listings a moderator decided are left alone.
+
+    `revisions`: the listing revision each vector is of; a listing whose photo has changed
+    since is left alone (its new photo's suggestion comes with its embedding). `out_of_fold`:
+    whether the model's cached out-of-fold scores may stand for these vectors (only when they
+    are the vectors it learnt from).
 
     An overlay stays with its suggestion while the decision it explains is unchanged (same
     category, and the same cluster or, after a refit, the cluster that continues it); otherwise
@@ -93,14 +101,19 @@ def upsert_suggestions(
         return []
     sellers: dict[int, str | None] = {}
     titles: dict[int, str | None] = {}
-    reviewed = set()
-    for listing_id, status, seller_category, title in session.execute(
-        select(Listing.id, Listing.status, Listing.seller_category, Listing.title).where(Listing.id.in_(ids))
+    current: dict[int, int] = {}
+    left_alone: set[int] = set()  # decided by a moderator, or of a photo replaced since
+    for listing_id, status, seller_category, title, revision in session.execute(
+        select(Listing.id, Listing.status, Listing.seller_category, Listing.title, Listing.revision).where(
+            Listing.id.in_(ids)
+        )
     ):
         sellers[listing_id] = seller_category
         titles[listing_id] = title
-        if status == ListingStatus.reviewed:
-            reviewed.add(listing_id)
+        current[listing_id] = revision
+        replaced = revisions is not None and revisions.get(listing_id) != revision
+        if status == ListingStatus.reviewed or replaced:
+            left_alone.add(listing_id)
     # Locked until the commit, so an overlay recorded meanwhile is not overwritten unseen.
     previous = {
         row.listing_id: row
@@ -117,6 +130,7 @@ def upsert_suggestions(
                 Suggestion.previous_overlay_key,
                 Suggestion.previous_heatmap_key,
                 Suggestion.previous_explain_target,
+                Suggestion.revision,
             )
             .where(Suggestion.listing_id.in_(ids))
             .with_for_update()
@@ -124,22 +138,26 @@ def upsert_suggestions(
     }
     rows, results = [], []
     threshold = model.acceptance_threshold(settings)
-    scores = model.score(vectors, [titles.get(i) for i in ids], ids)
+    scores = model.score(vectors, [titles.get(i) for i in ids], ids if out_of_fold else None)
     for listing_id, scored in zip(ids, scores, strict=True):
-        if listing_id in reviewed:
+        if listing_id in left_alone:
             continue
         reason = review_reason(
             listing_id, scored.category, scored.confidence, sellers.get(listing_id), settings, threshold
         )
         needs_review = reason is not None
         old = previous.get(listing_id)
-        kept = old is not None and _same_decision(
-            old, model.version_id, scored.cluster, scored.category, lineage
+        # An overlay of another revision explains another photo, whatever the decision.
+        kept = (
+            old is not None
+            and old.revision == current.get(listing_id)
+            and _same_decision(old, model.version_id, scored.cluster, scored.category, lineage)
         )
         rows.append(
             {
                 **_overlay_columns(old, kept, needs_review),
                 "listing_id": listing_id,
+                "revision": current.get(listing_id, 1),
                 "clustering_version_id": model.version_id,
                 "backbone_id": model.backbone_id,
                 "cluster": scored.cluster,
@@ -260,13 +278,19 @@ def reassign_suggestions(
                 return 0, [], []
             model = build_suggestion_model(session, version, settings)
     total, explain, dropped = 0, list[int](), list[str]()
-    embedded = select(Embedding.id, Embedding.listing_id, Embedding.vector).where(
+    embedded = select(Embedding.id, Embedding.listing_id, Embedding.vector, Embedding.revision).where(
         Embedding.backbone_id == backbone_id
     )
     for session, rows in keyset_chunks(db, embedded, Embedding.id, settings.refit.chunk):
         stored = _stored_overlays(session, [r[1] for r in rows])
         written = upsert_suggestions(
-            session, model, [r[1] for r in rows], np.stack([r[2] for r in rows]), settings, lineage
+            session,
+            model,
+            [r[1] for r in rows],
+            np.stack([r[2] for r in rows]),
+            settings,
+            lineage,
+            revisions={r[1]: r[3] for r in rows},
         )
         total += len(written)
         explain += explanation_wanted(written, settings.explain.sample_rate)
