@@ -13,11 +13,10 @@ from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from sqlalchemy import or_, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.moderation.queue import Lease, revision_of, skipped_by, waiting
+from common.moderation.queue import Lease, skipped_by, take_lease, waiting
 from common.schema import Embedding, Listing, ReviewLease, Suggestion
 
 # Cosine similarity of pooled features above which two photos show the same product. On the 1047
@@ -96,20 +95,7 @@ def group(
     won: list[Lease] = []
     for index in chosen:
         row = rows[int(index)]
-        # As in a claim: the lease is taken only where nobody else holds a live one.
-        statement = insert(ReviewLease).values(
-            listing_id=row.listing_id,
-            moderator=moderator,
-            expires_at=expires,
-            revision=revision_of(row.listing_id),
-        )
-        taken = session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["listing_id"],
-                set_={"moderator": moderator, "expires_at": expires, "revision": statement.excluded.revision},
-                where=or_(ReviewLease.expires_at <= now, ReviewLease.moderator == moderator),
-            ).returning(ReviewLease.listing_id)
-        ).first()
-        if taken is not None:
+        # As in a claim: only where nobody else holds a live lease (one of ours is renewed).
+        if take_lease(session, row.listing_id, moderator, now, expires, renew_own=True):
             won.append(Lease(row.listing_id, row.external_id, expires))
     return won

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -133,26 +133,38 @@ def claim(
         ).first()
         if row is None:
             return None
-        # The lease is taken only if nobody holds a live one: the check above reads the snapshot
-        # its statement started with, and a moderator who claimed the item since then has
-        # already committed a lease that the conflict clause sees (and keeps).
-        statement = insert(ReviewLease).values(
-            listing_id=row.listing_id,
-            moderator=moderator,
-            expires_at=expires,
-            revision=revision_of(row.listing_id),
-        )
-        won = session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["listing_id"],
-                set_={"moderator": moderator, "expires_at": expires, "revision": statement.excluded.revision},
-                where=ReviewLease.expires_at <= now,
-            ).returning(ReviewLease.listing_id)
-        ).first()
-        if won is not None:
+        # The check above reads the snapshot its statement started with; a moderator who claimed
+        # the item since then has already committed a lease that `take_lease` sees (and keeps).
+        if take_lease(session, row.listing_id, moderator, now, expires):
             return Lease(row.listing_id, row.external_id, expires)
         taken.append(row.listing_id)
     return None
+
+
+def take_lease(
+    session: Session,
+    listing_id: int,
+    moderator: str,
+    now: datetime,
+    expires: datetime,
+    *,
+    renew_own: bool = False,
+) -> bool:
+    """Lease the item to the moderator only where nobody holds a live lease (with `renew_own`,
+    nobody else); whether it was taken. The conflict clause sees leases committed after the
+    caller's snapshot, so two moderators can never both win one item."""
+    statement = insert(ReviewLease).values(
+        listing_id=listing_id, moderator=moderator, expires_at=expires, revision=revision_of(listing_id)
+    )
+    free = ReviewLease.expires_at <= now
+    won = session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["listing_id"],
+            set_={"moderator": moderator, "expires_at": expires, "revision": statement.excluded.revision},
+            where=or_(free, ReviewLease.moderator == moderator) if renew_own else free,
+        ).returning(ReviewLease.listing_id)
+    ).first()
+    return won is not None
 
 
 def held(session: Session, moderator: str, external_id: str) -> Lease | None:
