@@ -133,11 +133,15 @@ class Publisher:
         (a backlog explains any wait; the scan would cost more than it could find)."""
         if self.queue_depth(queue) > limit:
             return None
-        pipe = self.redis.pipeline(transaction=False)
-        for name in queue_lists(queue):
+        # One MULTI: the lists and the unacknowledged record as of one instant, so a message that
+        # a restore moves from the record back to a list is seen in one of them.
+        pipe = self.redis.pipeline(transaction=True)
+        lists = queue_lists(queue)
+        for name in lists:
             pipe.lrange(name, 0, -1)
-        waiting = [raw for lengths in pipe.execute() for raw in lengths]
-        delivered = [raw for raw in self.redis.hvals(KOMBU_UNACKED_KEY)]
+        pipe.hvals(KOMBU_UNACKED_KEY)
+        *lengths, delivered = pipe.execute()
+        waiting = [raw for found in lengths for raw in found]
         held: set[int] = set()
         for raw in waiting:
             held.update(_listing_ids(json.loads(raw), task))

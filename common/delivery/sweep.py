@@ -10,6 +10,7 @@ that worker die (see `workers.batching`).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -27,8 +28,11 @@ from common.settings import Settings
 # Rows read and messages sent per step of a sweep: bounded memory at any backlog.
 log = logging.getLogger(__name__)
 
-# Beyond the visibility time-out, how long a redelivered message may still take to be seen.
-RECONCILE_MARGIN = 60.0
+# Beyond the visibility time-out, how long a message may take to move between the broker's
+# records (list, worker, unacknowledged record) and be seen there: milliseconds in practice.
+RECONCILE_MARGIN = 15.0
+# Seconds between the two reads of the broker, far longer than a delivery's two steps take.
+RECONCILE_REREAD_AFTER = 1.0
 # Above this many waiting messages the broker is not scanned: a backlog explains any wait.
 RECONCILE_SCAN_LIMIT = 50_000
 # The `broker_state` row counting messages found lost and sent again.
@@ -85,12 +89,38 @@ def reconcile(db: Database, publisher: Publisher, settings: Settings) -> int:
 
     A message can be lost between the broker and a worker (a worker killed after Redis handed it
     over and before the transport recorded it as unacknowledged), which neither the broker's
-    redelivery nor the unsent sweep can see. Waiting longer than the visibility time-out plus a
-    margin, no live worker can still hold it unrecorded; the broker is read twice, so a message
-    moving between a list and the unacknowledged record is not taken for lost. Sending again is
-    safe: every write is keyed on the listing's state (docs/reliability.md).
+    redelivery nor the unsent sweep can see. Only what has waited longer than the visibility
+    time-out plus a margin is looked for. The broker is read twice, a second apart, each read
+    one snapshot of its lists and unacknowledged record, so a message between a worker's two
+    steps of taking it is not taken for lost; Postgres is read again after the broker, so one
+    a worker finished meanwhile is not either. Sending again is safe: every write is keyed on
+    the listing's state (docs/reliability.md).
     """
     cutoff = datetime.now(UTC) - timedelta(seconds=settings.delivery.visibility_timeout + RECONCILE_MARGIN)
+    listings, overlays = _waiting_since(db, cutoff)
+    lost_listings = _not_held(publisher, listings, EMBED_QUEUE, EMBED_TASK)
+    lost_overlays = _not_held(publisher, overlays, EXPLAIN_QUEUE, EXPLAIN_TASK)
+    if lost_listings or lost_overlays:
+        # Read Postgres again: one a worker finished (committed, then acknowledged) between the
+        # first read and the broker's is in neither any more, and is not lost.
+        still_listings, still_overlays = _waiting_since(db, cutoff)
+        lost_listings &= still_listings
+        lost_overlays &= still_overlays
+    if lost_listings:
+        log.warning("listings %s waited past the visibility time-out and no message holds them: sent again",
+                    sorted(lost_listings))  # fmt: skip
+        send_listings(db, publisher, sorted(lost_listings))
+    if lost_overlays:
+        log.warning("overlay requests %s were lost in the broker: asked again", sorted(lost_overlays))
+        request_explanations(db, publisher, sorted(lost_overlays), settings)
+    found = len(lost_listings) + len(lost_overlays)
+    if found:
+        _count_reconciled(db, found)
+    return found
+
+
+def _waiting_since(db: Database, cutoff: datetime) -> tuple[set[int], set[int]]:
+    """Listings queued, and overlay requests unanswered, since before `cutoff` (the oldest first)."""
     with db.transaction() as session:
         listings = set(
             session.execute(
@@ -114,26 +144,18 @@ def reconcile(db: Database, publisher: Publisher, settings: Settings) -> int:
                 .limit(SWEEP_CHUNK)
             ).scalars()
         )
-    lost_listings = _not_held(publisher, listings, EMBED_QUEUE, EMBED_TASK)
-    lost_overlays = _not_held(publisher, overlays, EXPLAIN_QUEUE, EXPLAIN_TASK)
-    if lost_listings:
-        log.warning("listings %s waited past the visibility time-out and no message holds them: sent again",
-                    sorted(lost_listings))  # fmt: skip
-        send_listings(db, publisher, sorted(lost_listings))
-    if lost_overlays:
-        log.warning("overlay requests %s were lost in the broker: asked again", sorted(lost_overlays))
-        request_explanations(db, publisher, sorted(lost_overlays), settings)
-    found = len(lost_listings) + len(lost_overlays)
-    if found:
-        _count_reconciled(db, found)
-    return found
+    return listings, overlays
 
 
 def _not_held(publisher: Publisher, candidates: set[int], queue: str, task: str) -> set[int]:
     if not candidates:
         return set()
     missing = set(candidates)
-    for _ in range(2):  # both reads must miss it
+    for read in range(2):
+        # Both reads must miss it: a worker takes a message from the list (BRPOP) and records it
+        # as unacknowledged a moment later, and between the two it is in neither.
+        if read:
+            time.sleep(RECONCILE_REREAD_AFTER)
         held = publisher.listings_held(queue, task, RECONCILE_SCAN_LIMIT)
         if held is None:
             log.info(

@@ -15,7 +15,7 @@ from common.delivery.queues import EMBED_QUEUE
 from common.delivery.sweep import reconciled_total, sweep
 from common.listings.events import publish_listing
 from common.runtime import Runtime
-from common.schema import Listing
+from common.schema import Listing, ListingStatus
 from common.settings import Settings
 
 
@@ -64,3 +64,39 @@ def test_a_message_lost_in_flight_is_sent_again_and_counted(
     # Sent again now, it is young again: the next sweep leaves it alone.
     assert sweep(runtime.db, runtime.publisher, settings).reconciled == 0
     assert fresh not in _ids_in(broker.lrange(EMBED_QUEUE, 0, -1))
+
+
+class FinishingPublisher:
+    """The real publisher; a worker finishes the listing (commits, then acknowledges) just as
+    the sweep reads the broker, after it read Postgres."""
+
+    def __init__(self, runtime: Runtime, listing_id: int) -> None:
+        self.runtime, self.listing_id = runtime, listing_id
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.runtime.publisher, name)
+
+    def listings_held(self, queue: str, task: str, limit: int) -> set[int] | None:
+        held = self.runtime.publisher.listings_held(queue, task, limit)
+        with self.runtime.db.transaction() as session:
+            session.execute(
+                update(Listing).where(Listing.id == self.listing_id).values(status=ListingStatus.suggested)
+            )
+        return held
+
+
+def test_a_listing_finished_while_the_broker_is_read_is_not_taken_for_lost(
+    settings: Settings, runtime: Runtime, clean_db: None
+) -> None:
+    broker = redis.Redis.from_url(settings.services.broker_url)
+    sweep(runtime.db, runtime.publisher, settings)
+    listing = publish_listing(runtime, "sku-done", "https://img.example.com/d.jpg").listing_id
+    broker.delete(EMBED_QUEUE)  # its worker took it and acknowledged it
+    _sent_long_ago(runtime, [listing])
+
+    result = sweep(runtime.db, FinishingPublisher(runtime, listing), settings)  # type: ignore[arg-type]
+
+    assert result.reconciled == 0
+    assert broker.llen(EMBED_QUEUE) == 0
+    with runtime.db.transaction() as session:
+        assert reconciled_total(session) == 0
