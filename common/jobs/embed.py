@@ -220,8 +220,8 @@ class EmbedPipeline:
         if self._suggestions is None:
             session.execute(update(Listing).where(Listing.id.in_(ids)).values(status=ListingStatus.embedded))
             return
-        # Each vector is of the photo just fetched, which the refit may never have seen: the
-        # out-of-fold scores it cached per listing could be of an older photo, so none is used.
+        # Each vector is of the photo just fetched: a score the refit cached for this listing
+        # stands for it only if it was made from this revision's photo.
         rows = upsert_suggestions(
             session,
             self._suggestions,
@@ -229,7 +229,6 @@ class EmbedPipeline:
             vectors,
             self.settings,
             revisions={p.source.listing_id: p.source.revision for p in good},
-            out_of_fold=False,
         )
         report.suggested += [r.listing_id for r in rows]
         report.explain += explanation_wanted(rows, self.settings.explain.sample_rate)

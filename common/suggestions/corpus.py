@@ -104,19 +104,24 @@ def labelled_set(
     vectors: list[np.ndarray] = []
     labels: list[int] = []
     titles: list[str | None] = []
+    revisions: list[int] = []
     for chunk_ids, chunk_vectors, chunk_labels in iter_embeddings(
         session, backbone_id, chunk, labelled_only=True
     ):
         ids.append(chunk_ids)
         vectors.append(chunk_vectors)
         labels.extend(index.get(label, -1) if label is not None else -1 for label in chunk_labels)
-        known: dict[int, str | None] = {
-            listing_id: title
-            for listing_id, title in session.execute(
-                select(Listing.id, Listing.title).where(Listing.id.in_(chunk_ids.tolist()))
+        known: dict[int, tuple[str | None, int]] = {
+            listing_id: (title, revision)
+            for listing_id, title, revision in session.execute(
+                select(Listing.id, Listing.title, Embedding.revision)
+                .join(Embedding, Embedding.listing_id == Listing.id)
+                .where(Listing.id.in_(chunk_ids.tolist()), Embedding.backbone_id == backbone_id)
             )
         }
-        titles.extend(known.get(int(i)) for i in chunk_ids)
+        titles.extend(known[int(i)][0] for i in chunk_ids)
+        # The photo's revision, not the listing's: a new photo not yet embedded is another one.
+        revisions.extend(known[int(i)][1] for i in chunk_ids)
         if len(labels) >= limit:
             break
     if not ids:
@@ -128,4 +133,5 @@ def labelled_set(
         np.concatenate(vectors)[:limit][keep],
         np.array(labels[:limit], dtype=np.int64)[keep],
         [title for title, kept in zip(titles[:limit], keep, strict=True) if kept],
+        np.array(revisions[:limit], dtype=np.int64)[keep],
     )

@@ -145,6 +145,7 @@ def fit_suggestion_model(
     if fitted.image is not None or fitted.title is not None:
         # Fitted parts learnt from these listings: their own suggestions must be out of fold.
         fitted.oof_ids = labelled.listing_ids.copy()
+        fitted.oof_revisions = None if labelled.revisions is None else labelled.revisions.copy()
         fitted.oof_probabilities = probs.astype(np.float32)
         fitted.oof_signals = {name: values.astype(np.float32) for name, values in signals.items()}
     rows = threshold_sample(len(labels), seed)

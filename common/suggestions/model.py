@@ -60,6 +60,8 @@ class Fitted:
     fusion: tuple[float, float] | None = None  # (a, b): p ∝ p_image^a · p_title^b
     # Out-of-fold probabilities of the labelled listings the fitted parts learnt from.
     oof_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # The revision each cached score is of: it stands for that photo only, never for a new one.
+    oof_revisions: np.ndarray | None = None
     oof_probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     oof_signals: dict[str, np.ndarray] = field(default_factory=dict)
     threshold: ThresholdEstimate | None = None
@@ -134,6 +136,7 @@ class SuggestionModel:
         vectors: np.ndarray,
         titles: Sequence[str | None] | None = None,
         listing_ids: np.ndarray | None = None,
+        revisions: np.ndarray | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(P(category | listing) by the model's method, each signal's probabilities)."""
         titles = list(titles) if titles is not None else [None] * len(vectors)
@@ -150,17 +153,35 @@ class SuggestionModel:
             probs = fuse(signals["image"], signals["title"], self.fitted.fusion)
         else:
             probs = signals["image"]
-        return self._out_of_fold(probs, signals, listing_ids)
+        return self._out_of_fold(probs, signals, listing_ids, revisions)
 
     def _out_of_fold(
-        self, probs: np.ndarray, signals: dict[str, np.ndarray], listing_ids: np.ndarray | None
+        self,
+        probs: np.ndarray,
+        signals: dict[str, np.ndarray],
+        listing_ids: np.ndarray | None,
+        revisions: np.ndarray | None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Labelled listings the fitted parts learnt from get their out-of-fold probabilities."""
+        """Labelled listings the fitted parts learnt from get their out-of-fold probabilities.
+
+        With `revisions` (listings from the database), only for the photo the score was made
+        from: a listing's new photo is scored afresh, whatever was cached for its old one.
+        """
         fitted = self.fitted
         if listing_ids is None or fitted is None or not len(fitted.oof_ids):
             return probs, signals
-        position = {int(i): p for p, i in enumerate(fitted.oof_ids)}
-        rows = [(r, position[int(i)]) for r, i in enumerate(listing_ids) if int(i) in position]
+        cached = fitted.oof_revisions
+        if revisions is not None and (cached is None or len(cached) != len(fitted.oof_ids)):
+            return probs, signals  # fitted before scores were versioned: none can be trusted
+        keys: list[object]
+        if revisions is None or cached is None:
+            keys = [int(i) for i in listing_ids]
+            position: dict[object, int] = {int(i): p for p, i in enumerate(fitted.oof_ids)}
+        else:
+            keys = [(int(i), int(r)) for i, r in zip(listing_ids, revisions, strict=True)]
+            pairs = zip(fitted.oof_ids, cached, strict=True)
+            position = {(int(i), int(r)): p for p, (i, r) in enumerate(pairs)}
+        rows = [(r, position[key]) for r, key in enumerate(keys) if key in position]
         if not rows:
             return probs, signals
         mine, theirs = (np.array(x) for x in zip(*rows, strict=True))
@@ -185,14 +206,17 @@ class SuggestionModel:
         vectors: np.ndarray,
         titles: Sequence[str | None] | None = None,
         listing_ids: Sequence[int] | np.ndarray | None = None,
+        revisions: Sequence[int] | np.ndarray | None = None,
     ) -> list[ScoredCategory]:
-        """One suggestion per vector; `titles` where known, `listing_ids` for out-of-fold scoring."""
+        """One suggestion per vector; `titles` where known, `listing_ids` (and the revision each
+        vector is of) for out-of-fold scoring."""
         vectors = np.asarray(vectors, dtype=np.float32)
         clusters = self.clusters.nearest(vectors)
         if not self.categories:
             return [ScoredCategory(int(c), None, 0.0, []) for c in clusters]
         ids = np.asarray(listing_ids, dtype=np.int64) if listing_ids is not None else None
-        probs, signals = self.signal_probabilities(vectors, titles, ids)
+        revs = np.asarray(revisions, dtype=np.int64) if revisions is not None else None
+        probs, signals = self.signal_probabilities(vectors, titles, ids, revs)
         results = []
         for row_index, (cluster, row) in enumerate(zip(clusters, probs, strict=True)):
             order = np.argsort(-row)[:3]

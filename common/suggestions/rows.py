@@ -83,14 +83,12 @@ def upsert_suggestions(
     lineage: Lineage | None = None,
     *,
     revisions: Mapping[int, int] | None = None,
-    out_of_fold: bool = True,
 ) -> list[SuggestionRow]:
     """Suggest for these listings under `model`; listings a moderator decided are left alone.
 
     `revisions`: the listing revision each vector is of; a listing whose photo has changed
-    since is left alone (its new photo's suggestion comes with its embedding). `out_of_fold`:
-    whether the model's cached out-of-fold scores may stand for these vectors (only when they
-    are the vectors it learnt from).
+    since is left alone (its new photo's suggestion comes with its embedding). The model's
+    cached out-of-fold score of a listing stands in only for the revision it was made from.
 
     An overlay stays with its suggestion while the decision it explains is unchanged (same
     category, and the same cluster or, after a refit, the cluster that continues it); otherwise
@@ -138,7 +136,13 @@ def upsert_suggestions(
     }
     rows, results = [], []
     threshold = model.acceptance_threshold(settings)
-    scores = model.score(vectors, [titles.get(i) for i in ids], ids if out_of_fold else None)
+    scores = model.score(
+        vectors,
+        [titles.get(i) for i in ids],
+        ids,
+        # The revision each vector is of: a cached score stands only for the photo it was made from.
+        [(revisions or current).get(i, 1) for i in ids],
+    )
     for listing_id, scored in zip(ids, scores, strict=True):
         if listing_id in left_alone:
             continue
@@ -147,15 +151,13 @@ def upsert_suggestions(
         )
         needs_review = reason is not None
         old = previous.get(listing_id)
-        # An overlay of another revision explains another photo, whatever the decision.
-        kept = (
-            old is not None
-            and old.revision == current.get(listing_id)
-            and _same_decision(old, model.version_id, scored.cluster, scored.category, lineage)
-        )
+        # An overlay of another revision explains another photo, whatever the decision: it is
+        # neither kept nor shown as the previous one (a moderator would see the old photo).
+        same_photo = old is not None and old.revision == current.get(listing_id)
+        kept = same_photo and _same_decision(old, model.version_id, scored.cluster, scored.category, lineage)
         rows.append(
             {
-                **_overlay_columns(old, kept, needs_review),
+                **_overlay_columns(old if same_photo else None, kept, needs_review),
                 "listing_id": listing_id,
                 "revision": current.get(listing_id, 1),
                 "clustering_version_id": model.version_id,

@@ -32,6 +32,8 @@ class LabelledSet:
     vectors: np.ndarray  # n × d, unit rows
     labels: np.ndarray  # n category indices
     titles: list[str | None]
+    # The listing revision each vector is of (None: not from the database, as in evaluation).
+    revisions: np.ndarray | None = None
 
 
 def centroid_probabilities(clusters: Clusters, vectors: np.ndarray, temperature: float) -> np.ndarray:

@@ -135,8 +135,11 @@ def test_a_new_photo_is_not_scored_with_the_old_photos_cached_out_of_fold_score(
     EmbedPipeline(settings, db, lite0, store).run([swapped])
     listing, embedding, suggestion = _state(db, swapped)
     assert embedding is not None and suggestion is not None
-    fresh = model.score(embedding.vector[None, :], [listing.title], None)[0]
-    cached = model.score(embedding.vector[None, :], [listing.title], [swapped])[0]
+    assert model.fitted.oof_revisions is not None  # each cached score records its photo's revision
+    position = model.fitted.oof_ids.tolist().index(swapped)
+    assert int(model.fitted.oof_revisions[position]) == 1 and listing.revision == 2
+    fresh = model.score(embedding.vector[None, :], [listing.title], [swapped], [listing.revision])[0]
+    cached = model.score(embedding.vector[None, :], [listing.title], [swapped], [1])[0]
     assert abs(fresh.confidence - cached.confidence) > 1e-3  # the cache would change the verdict
     assert suggestion.confidence == round(fresh.confidence, 6)
 
@@ -156,3 +159,32 @@ def test_a_reassignment_after_a_re_post_leaves_the_new_photo_queued(
     listing, _, suggestion = _state(db, swapped)
     assert listing.status == ListingStatus.queued  # its embed message still finds it to do
     assert suggestion is not None and suggestion.revision == 1 and not suggestion.needs_review
+
+
+def test_a_new_photo_loses_the_old_photos_overlay_and_asks_for_its_own_at_once(
+    db: Database, settings: Settings, clean_db: None, store: ObjectStore, overlay_bucket: str, lite0: Backbone
+) -> None:
+    rows = flipkart_rows("Watches")[:3] + flipkart_rows("Computers")[:3]
+    ids = seed_listings(db, settings, store, lite0, rows)
+    swapped = ids[rows[0]["uniq_id"]]
+    assert swapped in explain_listings(db, [swapped], settings, lite0, store).explained
+    _, _, explained = _state(db, swapped)
+    assert explained is not None and explained.overlay_key is not None
+    old_overlay = explained.overlay_key
+
+    # The seller keeps saying "Watches" and swaps in a computer.
+    new_url, new_sha = _upload(store, settings, flipkart_rows("Computers")[3])
+    with db.transaction() as session:
+        event = ListingEvent(external_id=rows[0]["uniq_id"], image_url=new_url, seller_category="Watches")
+        assert record_listing(session, event).outcome == "requeued"
+    report = EmbedPipeline(settings, db, lite0, store).run([swapped])
+
+    _, _, suggestion = _state(db, swapped)
+    assert suggestion is not None and suggestion.revision == 2 and suggestion.needs_review
+    # Not its overlay, nor shown beside it as the previous one: that is a picture of the old photo.
+    assert (suggestion.overlay_key, suggestion.previous_overlay_key) == (None, None)
+    assert swapped in report.explain  # asked for with the new suggestion, not at the next sweep
+    explain_listings(db, [swapped], settings, lite0, store)
+    _, _, suggestion = _state(db, swapped)
+    assert suggestion is not None and suggestion.overlay_key not in (None, old_overlay)
+    assert new_sha in suggestion.overlay_key
