@@ -301,11 +301,17 @@ def fault_stack(root: Path) -> Iterator[Stack]:
     ensure_database(env["VITRINE_DATABASE_URL"])
     migrate(env["VITRINE_DATABASE_URL"])
     stack = Stack(root, postgres, redis, s3, proxy, env)
+    failed = True
     try:
         yield stack
+        failed = False
     finally:
         stack.stop_all()
         proxy.cut()
         for server in (s3, redis, postgres):
             server.stop()
-        shutil.rmtree(data, ignore_errors=True)
+        if failed:
+            # Kept for a person to look at: start it with `postgres -D <folder> -p <port>`.
+            print(f"\n[fault] failed: Postgres data kept in {data}, logs and dumps in {root}")
+        else:
+            shutil.rmtree(data, ignore_errors=True)

@@ -54,8 +54,7 @@ def runtime(stack: Stack) -> Iterator[Runtime]:
     made.close()
 
 
-@pytest.fixture
-def clustered(stack: Stack, runtime: Runtime) -> None:
+def seed_clustering(stack: Stack, runtime: Runtime) -> None:
     """A current clustering, so that new listings end `suggested` (terminal) straight away."""
     rows = flipkart_rows()
     seed: list[dict[str, str]] = []
@@ -67,6 +66,11 @@ def clustered(stack: Stack, runtime: Runtime) -> None:
     backbone = Backbone.load("efficientnet_lite0", LITE0_WEIGHTS, "cpu")
     EmbedPipeline(runtime.settings, runtime.db, backbone, runtime.store).run(internal)
     assert refit(runtime.db, runtime.settings).version_id is not None
+
+
+@pytest.fixture
+def clustered(stack: Stack, runtime: Runtime) -> None:
+    seed_clustering(stack, runtime)
 
 
 def listings(stack: Stack, runtime: Runtime, n: int, prefix: str = "item") -> list[str]:
@@ -99,20 +103,6 @@ def assert_all_right(runtime: Runtime, ids: list[str], *, processed_once: bool =
 
 def report(what: str, seconds: float) -> None:
     print(f"\n[fault] {what}: every listing terminal {seconds:.1f}s after recovery")
-
-
-def test_sigkill_of_the_embed_worker_loses_nothing(stack: Stack, runtime: Runtime, clustered: None) -> None:
-    stack.start_worker("embed", [EMBED_QUEUE])
-    ids = listings(stack, runtime, 300)
-    wait_until(lambda: count_terminal(runtime, ids) >= 40, 120, "the first batches", stack)
-    stack.kill("embed", signal.SIGKILL)  # mid-batch, with two batches' worth prefetched
-    stranded = len(ids) - count_terminal(runtime, ids)
-    stack.start_worker("embed", [EMBED_QUEUE])  # what compose's restart policy does
-    recovered = wait_until(lambda: count_terminal(runtime, ids) == len(ids), 300, "every listing", stack)
-    report(f"SIGKILL of the embed worker ({stranded} listings stranded)", recovered)
-    # The batches the kill interrupted were claimed twice: once before it, once alone after it.
-    assert_all_right(runtime, ids, processed_once=False)
-    assert recovered < RECOVERY_LIMIT
 
 
 def test_postgres_unreachable_for_15_seconds(stack: Stack, runtime: Runtime, clustered: None) -> None:
