@@ -233,7 +233,7 @@ class DeliverySettings(Group):
     # A listing (or an overlay request) whose message is not known to have reached the broker
     # after this many seconds is sent by the sweep (a publisher that died between commit and send).
     requeue_after: float = Field(60.0, gt=0)
-    sweep_interval: float = Field(30.0, gt=0)
+    sweep_interval: float = Field(15.0, gt=0)
     # Seconds a message delivered to a worker may go without the worker renewing it before Redis
     # hands it to another worker: how long a killed worker's messages wait. Live workers renew
     # theirs every quarter of this, however long their batch takes.

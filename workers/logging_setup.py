@@ -1,6 +1,6 @@
 """Celery's logging in the process's one format (`common.ops.logs`), without the sweep's chatter.
 
-Beat sends the sweep every `VITRINE_SWEEP_INTERVAL` (30 s), and Celery logs three INFO lines
+Beat sends the sweep every `VITRINE_SWEEP_INTERVAL` (15 s), and Celery logs three INFO lines
 for each run (sent, received, succeeded): about 8,600 a day that say nothing. The sweep task
 itself logs a WARNING whenever it did send something again, so nothing of use is lost; its
 failures (ERROR) are kept too.

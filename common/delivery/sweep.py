@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # Beyond the visibility time-out, how long a message may take to move between the broker's
 # records (list, worker, unacknowledged record) and be seen there: milliseconds in practice.
-RECONCILE_MARGIN = 15.0
+RECONCILE_MARGIN = 10.0
 # Seconds between the two reads of the broker, far longer than a delivery's two steps take.
 RECONCILE_REREAD_AFTER = 1.0
 # Above this many waiting messages the broker is not scanned: a backlog explains any wait.
