@@ -277,6 +277,9 @@ class ReviewSettings(Group):
     # review app believes with `vitrine serve --proxy-headers`: the TLS proxy's. Behind https the
     # session cookie is then Secure and answers carry HSTS.
     forwarded_allow_ips: str = "127.0.0.1"
+    # The largest request body the API reads (bytes), refused before it is parsed: 500 listings
+    # with long titles are well under 1 MiB.
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 
 
 class Settings(BaseModel):

@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -26,6 +25,7 @@ from common.moderation.accounts import Identity
 from common.ops import logs
 from common.runtime import Runtime
 from common.settings import Settings, load_settings
+from review import problems
 from review.auth import Reader, Sessions, SignInRequired
 from review.metrics import AppMetrics
 from review.routes import desk, listings, pages, review_api
@@ -96,14 +96,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     async def _sign_in(request: Request, error: SignInRequired) -> Response:
         return RedirectResponse("/sign-in?" + urlencode({"next": error.next_path}), status_code=303)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, error: RequestValidationError) -> Response:
-        problems = [
-            {"field": ".".join(str(p) for p in problem["loc"]), "message": problem["msg"]}
-            for problem in error.errors()
-        ]
-        message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-        return JSONResponse({"detail": message, "errors": problems}, status_code=422)
+    problems.install(app)
 
     @app.middleware("http")
     async def _headers(request: Request, call_next: Any) -> Response:
@@ -112,7 +105,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         rid = request.headers.get("x-request-id", "")
         token = logs.request_id.set(rid if REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex[:16])
         try:
-            response: Response = await call_next(request)
+            try:
+                response: Response = await call_next(request)
+            except Exception:
+                # A bug of ours: logged with this request's id, answered as a problem like any error.
+                logging.getLogger("review.app").exception("%s %s failed", request.method, request.url.path)
+                response = problems.internal_error()
             seconds = time.perf_counter() - started
             route = request.scope.get("route")
             metrics.observe(getattr(route, "path", None), request.method, response.status_code, seconds)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
@@ -20,71 +19,98 @@ from common.runtime import Runtime
 from common.schema import TERMINAL_STATUSES, ListingStatus
 from common.suggestions.corpus import cold_start
 from review.auth import Ingest, Reader, runtime_of
+from review.problems import Problem, field_errors, pointer, read_json
 
 router = APIRouter(prefix="/api/v1", tags=["listings"])
 MAX_ITEMS = 500
 
 
-async def _json_body(request: Request) -> Any:
-    try:
-        return json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise HTTPException(400, f"body: malformed JSON ({error})") from None
+def _validate(index: int | None, item: Any) -> ListingEvent | dict[str, Any]:
+    """The item as a `ListingEvent`, or its result with every error, each naming its field.
 
-
-def _validate(index: int, item: Any) -> ListingEvent | dict[str, Any]:
-    """The item as a `ListingEvent`, or its error naming the field."""
+    `index`: the item's place in a list (None for a single object), the pointers' first part.
+    """
+    at = () if index is None else (index,)
     if not isinstance(item, dict):
-        return {"index": index, "error": {"field": "item", "message": "must be a JSON object"}}
+        errors = [{"pointer": pointer(at), "code": "not_an_object", "detail": "must be a JSON object"}]
+        return _refused(index, None, errors)
     try:
         return ListingEvent.model_validate(item)
     except ValidationError as error:
-        problem = error.errors()[0]
-        field = ".".join(str(part) for part in problem["loc"]) or "item"
-        return {
-            "index": index,
-            "external_id": item.get("external_id") if isinstance(item.get("external_id"), str) else None,
-            "error": {"field": field, "message": problem["msg"]},
-        }
+        external_id = item.get("external_id") if isinstance(item.get("external_id"), str) else None
+        return _refused(index, external_id, field_errors(error.errors(), at))
 
 
-@router.post("/listings", status_code=202, summary="Send one listing or a list of up to 500")
+def _refused(index: int | None, external_id: str | None, errors: list[dict[str, str]]) -> dict[str, Any]:
+    parts = errors[0]["pointer"].split("/")[1:]
+    field = ".".join(parts[1:] if index is not None else parts) or "item"
+    return {
+        "index": index or 0,
+        "external_id": external_id,
+        "errors": errors,
+        # The first error alone, as answered before `errors`; kept for one more release.
+        "error": {"field": field, "message": errors[0]["detail"]},
+    }
+
+
+@router.post(
+    "/listings",
+    status_code=202,
+    summary="Send one listing or a list of up to 500",
+    responses={
+        400: {"description": "Not JSON, nested too deeply, or a string that is not text"},
+        413: {"description": "More than 500 listings, or a body over VITRINE_MAX_BODY_BYTES"},
+        415: {"description": "Not application/json"},
+        422: {"description": "No listing accepted: every item's errors"},
+    },
+)
 async def post_listings(request: Request, _: Identity = Ingest) -> dict[str, Any]:
     """Each item `{external_id, image_url, seller_category?, title?}` is validated like `ListingEvent`;
-    valid ones are recorded and queued, bad ones answered with their error, in order."""
-    body = await _json_body(request)
-    items = body if isinstance(body, list) else [body]
-    if len(items) > MAX_ITEMS:
-        raise HTTPException(413, f"body: at most {MAX_ITEMS} listings per request, got {len(items)}")
-    if not items:
-        raise HTTPException(422, "body: an empty list")
+    valid ones are recorded and queued, bad ones answered with every error, in order. 202 when
+    at least one was accepted; 422 (problem details, every item's errors) when none was."""
     runtime = runtime_of(request)
+    body = await read_json(request, runtime.settings.review.max_body_bytes)
+    single = not isinstance(body, list)
+    items = [body] if single else body
+    if len(items) > MAX_ITEMS:
+        raise Problem(
+            413, "too_many_listings", f"body: at most {MAX_ITEMS} listings per request, got {len(items)}"
+        )
+    if not items:
+        raise Problem(
+            422,
+            "empty_list",
+            "body: an empty list",
+            [{"pointer": "", "code": "empty_list", "detail": "an empty list"}],
+        )
     results: list[dict[str, Any]] = []
     accepted: list[tuple[int, ListingEvent]] = []
     for index, item in enumerate(items):
-        checked = _validate(index, item)
+        checked = _validate(None if single else index, item)
         if isinstance(checked, dict):
             results.append(checked)
             continue
         refused = refusal(checked, runtime.settings)
         if refused is not None:
-            results.append(
-                {
-                    "index": index,
-                    "external_id": checked.external_id,
-                    "error": {"field": refused.field, "message": refused.message},
-                }
-            )
+            at = () if single else (index,)
+            errors = [
+                {"pointer": pointer([*at, refused.field]), "code": "refused", "detail": refused.message}
+            ]
+            results.append(_refused(None if single else index, checked.external_id, errors))
             continue
         accepted.append((index, checked))
-    if accepted:
-        published = await run_in_threadpool(publish_listings, runtime, [event for _, event in accepted])
-        results += [
-            {"index": index, "external_id": p.external_id, "outcome": p.outcome}
-            for (index, _), p in zip(accepted, published, strict=True)
-        ]
-    results.sort(key=lambda r: r["index"])
     counter = request.app.state.metrics.listings
+    if not accepted:
+        counter.labels("rejected").inc(len(items))
+        errors = [error for result in results for error in result["errors"]]
+        detail = f"no listing accepted: {len(errors)} error(s) in {len(items)} item(s)"
+        raise Problem(422, "no_listing_accepted", detail, errors)
+    published = await run_in_threadpool(publish_listings, runtime, [event for _, event in accepted])
+    results += [
+        {"index": index, "external_id": p.external_id, "outcome": p.outcome}
+        for (index, _), p in zip(accepted, published, strict=True)
+    ]
+    results.sort(key=lambda r: r["index"])
     for result in results:
         counter.labels(result.get("outcome", "rejected")).inc()
     return {
@@ -126,7 +152,12 @@ async def get_listing(
             break
         await asyncio.sleep(min(WAIT_POLL, max(0.0, deadline - time.monotonic())))
     if view is None:
-        raise HTTPException(404, f"external_id: no listing {external_id!r}")
+        raise Problem(
+            404,
+            "listing_not_found",
+            f"external_id: no listing {external_id!r}",
+            [{"pointer": "/path/external_id", "code": "not_found", "detail": "no such listing"}],
+        )
     return _with_urls(runtime, view)
 
 

@@ -165,7 +165,7 @@ def test_bad_decisions_are_refused_and_write_nothing(
         content=b"{not json",
         headers={**bearer(tokens.alice), "Content-Type": "application/json"},
     )
-    assert response.status_code == 422 and "body" in response.json()["detail"]
+    assert response.status_code == 400 and response.json()["code"] == "malformed_json"
     assert decide(client, tokens.alice, "unknown-id", action="accept")[0] == 404
     assert client.post("/api/v1/review/unknown-id/undo", headers=bearer(tokens.alice)).status_code == 404
     assert _decisions(db) == 0
