@@ -18,6 +18,7 @@ from common.object_store import overlay_url
 from common.runtime import Runtime
 from common.schema import TERMINAL_STATUSES, ListingStatus
 from common.suggestions.corpus import cold_start
+from review.api_models import INGEST_BODY, IngestAnswer, ListingView, problems
 from review.auth import Ingest, Reader, runtime_of
 from review.problems import Problem, field_errors, pointer, read_json
 
@@ -56,13 +57,12 @@ def _refused(index: int | None, external_id: str | None, errors: list[dict[str, 
 @router.post(
     "/listings",
     status_code=202,
+    operation_id="sendListings",
     summary="Send one listing or a list of up to 500",
-    responses={
-        400: {"description": "Not JSON, nested too deeply, or a string that is not text"},
-        413: {"description": "More than 500 listings, or a body over VITRINE_MAX_BODY_BYTES"},
-        415: {"description": "Not application/json"},
-        422: {"description": "No listing accepted: every item's errors"},
-    },
+    response_model=IngestAnswer,
+    response_model_exclude_none=True,
+    openapi_extra=INGEST_BODY,
+    responses=problems(400, 401, 403, 413, 415, 422),
 )
 async def post_listings(request: Request, _: Identity = Ingest) -> dict[str, Any]:
     """Each item `{external_id, image_url, seller_category?, title?}` is validated like `ListingEvent`;
@@ -136,7 +136,13 @@ def _with_urls(runtime: Runtime, view: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-@router.get("/listings/{external_id:path}", summary="A listing's status, suggestion and decision")
+@router.get(
+    "/listings/{external_id:path}",
+    operation_id="getListing",
+    summary="A listing's status, suggestion and decision",
+    response_model=ListingView,
+    responses=problems(401, 403, 404, 422),
+)
 async def get_listing(
     request: Request,
     external_id: str,

@@ -15,6 +15,7 @@ from common.delivery.queues import QUEUES
 from common.moderation import decisions, history, queue
 from common.moderation.accounts import Identity
 from common.runtime import Runtime
+from review.api_models import Claimed, DecisionMade, HistoryPage, Stats, UndoMade, problems
 from review.auth import Reviewer, runtime_of
 
 router = APIRouter(prefix="/api/v1", tags=["review"])
@@ -43,7 +44,17 @@ def in_transaction(runtime: Runtime, work: Callable[[Session], T]) -> T:
 # (`a%2Fb`), and the `:path` parameters take it whole.
 
 
-@router.post("/review/claim", summary="Claim the next item waiting for review", response_model=None)
+@router.post(
+    "/review/claim",
+    operation_id="claimReviewItem",
+    summary="Claim the next item waiting for review",
+    response_model=None,
+    responses={
+        200: {"model": Claimed, "description": "Leased to you until `lease_expires_at`"},
+        204: {"description": "Nothing waits"},
+        **problems(401, 403, 422),
+    },
+)
 async def claim(
     request: Request,
     category: str | None = Query(None, max_length=200),
@@ -63,7 +74,13 @@ async def claim(
     return {"external_id": claimed.external_id, "lease_expires_at": claimed.expires_at.isoformat()}
 
 
-@router.post("/review/{external_id:path}/decision", summary="Accept, override or skip a claimed item")
+@router.post(
+    "/review/{external_id:path}/decision",
+    operation_id="decideReviewItem",
+    summary="Accept, override or skip a claimed item",
+    response_model=DecisionMade,
+    responses=problems(400, 401, 403, 404, 409, 422),
+)
 async def decision(
     request: Request, external_id: str, body: DecisionIn, identity: Identity = Reviewer
 ) -> dict[str, Any]:
@@ -76,7 +93,13 @@ async def decision(
     return {"id": row.id, "external_id": external_id, "action": row.action, "category": row.category}
 
 
-@router.post("/review/{external_id:path}/undo", summary="Revert your last decision on an item")
+@router.post(
+    "/review/{external_id:path}/undo",
+    operation_id="undoDecision",
+    summary="Revert your last decision on an item",
+    response_model=UndoMade,
+    responses=problems(401, 403, 404, 409),
+)
 async def undo(request: Request, external_id: str, identity: Identity = Reviewer) -> dict[str, Any]:
     runtime = runtime_of(request)
     lease = runtime.settings.review.review_lease_seconds
@@ -86,7 +109,13 @@ async def undo(request: Request, external_id: str, identity: Identity = Reviewer
     return {"id": row.id, "external_id": external_id, "reverts": row.reverts_id}
 
 
-@router.get("/review/history", summary="Decisions, newest first")
+@router.get(
+    "/review/history",
+    operation_id="listDecisions",
+    summary="Decisions, newest first",
+    response_model=HistoryPage,
+    responses=problems(401, 403, 422),
+)
 async def decision_history(
     request: Request,
     moderator_name: str | None = Query(None, alias="moderator", max_length=100),
@@ -117,6 +146,12 @@ def dashboard_figures(runtime: Runtime) -> dict[str, Any]:
     return figures
 
 
-@router.get("/stats", summary="Review queue, decisions, clustering quality, queue depths")
+@router.get(
+    "/stats",
+    operation_id="getStats",
+    summary="Review queue, decisions, clustering quality, queue depths",
+    response_model=Stats,
+    responses=problems(401, 403),
+)
 async def stats(request: Request, _: Identity = Reviewer) -> dict[str, Any]:
     return await run_in_threadpool(dashboard_figures, runtime_of(request))

@@ -30,12 +30,15 @@ def sign_in(client: TestClient, name: str = "alice", password: str = PASSWORD) -
     return csrf_of(client.get("/history").text)
 
 
-def test_only_healthz_and_the_sign_in_page_answer_without_credentials(
+def test_only_healthz_the_api_description_and_the_sign_in_page_answer_without_credentials(
     client: TestClient, tokens: Tokens
 ) -> None:
     assert client.get("/healthz").json() == {"ok": True}
     assert client.get("/sign-in").status_code == 200
-    for path in ("/api/v1/listings/x", "/api/v1/stats", "/api/v1/review/history", "/api/v1/openapi.json"):
+    # What the API is, never what it holds.
+    assert client.get("/api/v1/openapi.json").json()["info"]["title"] == "Vitrine"
+    assert client.get("/docs").status_code == client.get("/redoc").status_code == 200
+    for path in ("/api/v1/listings/x", "/api/v1/stats", "/api/v1/review/history"):
         response = client.get(path)
         assert response.status_code == 401, path
         assert "authorization" in response.json()["detail"]
