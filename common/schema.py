@@ -288,6 +288,24 @@ class ApiToken(Base):
     # The moderator a review token acts as (its account's state is checked on every use).
     account_id: Mapped[int | None] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Refused from then on: a set expiry, the end of a rotation's overlap, or now (revoked).
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Updated at most once a minute, so a busy token costs one write a minute, not one a call.
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AccountSession(Base):
+    """A signed-in browser: the cookie names it, so signing out or disabling ends it at once."""
+
+    __tablename__ = "account_session"
+
+    # SHA-256 of the session id the cookie carries; the id itself is never stored.
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ReviewLease(Base):

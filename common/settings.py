@@ -271,8 +271,14 @@ class ReviewSettings(Group):
     # Signs the review app's session cookies; every instance of the app needs the same one.
     session_secret: SecretStr | None = None
     session_max_age: int = Field(12 * 3600, ge=60)
+    # A session not used for this long (seconds) has ended: the moderator signs in again.
+    session_idle_timeout: int = Field(3600, ge=60)
     # Seconds a failed sign-in waits before it answers, doubled for each recent failure of the name.
     sign_in_delay: float = Field(0.5, ge=0, le=10)
+    # After this many failures of one name within 15 minutes (five times as many from one
+    # address), sign-ins of it are refused (429) for `sign_in_lockout_seconds`, in every process.
+    sign_in_lockout_after: int = Field(10, ge=1)
+    sign_in_lockout_seconds: int = Field(900, ge=1)
     # Addresses (or CIDR ranges, comma-separated; `*` for any) whose X-Forwarded-Proto/-For the
     # review app believes with `vitrine serve --proxy-headers`: the TLS proxy's. Behind https the
     # session cookie is then Secure and answers carry HSTS.

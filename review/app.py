@@ -26,7 +26,7 @@ from common.ops import logs
 from common.runtime import Runtime
 from common.settings import Settings, load_settings
 from review import problems
-from review.auth import Reader, Sessions, SignInRequired
+from review.auth import PasswordHashing, Reader, Sessions, SignInRequired, SignInThrottle
 from review.metrics import AppMetrics
 from review.routes import api_docs, desk, listings, pages, review_api
 
@@ -50,9 +50,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     owned = runtime is None
     runtime = runtime or Runtime(settings)
 
+    hashing = PasswordHashing()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        hashing.close()
         if owned:
             runtime.close()
 
@@ -67,6 +70,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     app.state.sessions = Sessions(settings)
+    app.state.password_hashing = hashing
+    app.state.sign_in_throttle = SignInThrottle(settings, lambda: runtime.publisher.redis, app.state.sessions)
     app.state.metrics = metrics = AppMetrics()
     app.include_router(listings.router)
     app.include_router(review_api.router)

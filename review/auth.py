@@ -1,21 +1,29 @@
 """Who is calling: a bearer token (API) or a signed session cookie (browser), and CSRF for the latter.
 
-A session cookie carries only the account id and the session's CSRF token, signed; the account
-is read on every request, so a disabled account is signed out at once.
+A session cookie carries only a session id and the session's CSRF token, signed. The session is
+a row in Postgres, read on every request: signing out, an idle time-out or a disabled account
+ends it at once, whatever copies of the cookie exist. Failed sign-ins are counted in Redis, so
+the slow-down and the lock-out hold across every process of the app.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from datetime import timedelta
+from typing import Any, TypeVar
 
+import redis
 from fastapi import Depends, HTTPException, Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from common.moderation.accounts import Identity, active_account, token_identity
+from common.moderation.accounts import Identity, session_account, token_identity
 from common.runtime import Runtime
 from common.settings import ConfigError, Settings
 
@@ -23,9 +31,14 @@ SESSION_COOKIE = "vitrine_session"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# Sign-in failures remembered per name, to slow down guessing: (count, time of the last one).
+# Sign-in failures are remembered this long, per name and per address, to slow down guessing.
 FAILURE_MEMORY = 15 * 60
 MAX_DELAY_DOUBLINGS = 4
+# One address may fail this many times more than one name before it is locked out.
+ADDRESS_ALLOWANCE = 5
+FAILURES_KEY = "vitrine:sign-in-failures:"
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class SignInRequired(Exception):
@@ -93,6 +106,87 @@ class Sessions:
         self.failures.pop(name, None)
 
 
+class SignInThrottle:
+    """Failed sign-ins counted in Redis, per name and per address, shared by every process of the
+    app: each failure answers more slowly, and past the limit sign-ins are refused for a while.
+    With Redis away, each process falls back to its own memory (`Sessions.failure_delay`)."""
+
+    def __init__(self, settings: Settings, client: Callable[[], redis.Redis], local: Sessions) -> None:
+        self._client, self.local = client, local
+        self.delay = settings.review.sign_in_delay
+        self.limit = settings.review.sign_in_lockout_after
+        self.lockout = settings.review.sign_in_lockout_seconds
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._client()  # the broker's Redis, connected when first needed
+
+    def _keys(self, name: str, address: str) -> tuple[str, str]:
+        return FAILURES_KEY + "name:" + name.lower(), FAILURES_KEY + "address:" + address
+
+    def locked_for(self, name: str, address: str) -> int:
+        """Seconds this sign-in must wait before it may be tried at all (0: it may)."""
+        by_name, by_address = self._keys(name, address)
+        try:
+            counts = self.client.mget(by_name, by_address)
+            if int(counts[0] or 0) >= self.limit:
+                return max(1, int(self.client.ttl(by_name)))
+            if int(counts[1] or 0) >= self.limit * ADDRESS_ALLOWANCE:
+                return max(1, int(self.client.ttl(by_address)))
+        except redis.RedisError as error:
+            log.warning("sign-in throttle unavailable (%s): this process's memory only", error)
+        return 0
+
+    def failed(self, name: str, address: str) -> float:
+        """Remember a failure; the seconds to wait before answering it."""
+        by_name, by_address = self._keys(name, address)
+        try:
+            pipe = self.client.pipeline()
+            pipe.incr(by_name)
+            pipe.expire(by_name, FAILURE_MEMORY)
+            pipe.incr(by_address)
+            pipe.expire(by_address, FAILURE_MEMORY)
+            count = int(pipe.execute()[0])
+            if count >= self.limit:
+                # Locked out: the lock-out runs from this failure, however long the memory is.
+                self.client.expire(by_name, max(self.lockout, 1))
+        except redis.RedisError as error:
+            log.warning("sign-in throttle unavailable (%s): this process's memory only", error)
+            return self.local.failure_delay(name)
+        return float(self.delay * 2 ** min(count - 1, MAX_DELAY_DOUBLINGS))
+
+    def succeeded(self, name: str) -> None:
+        with suppress(redis.RedisError):
+            self.client.delete(self._keys(name, "")[0])
+        self.local.forget_failures(name)
+
+
+class HashingBusy(Exception):
+    """More sign-ins wait for a password check than the app lets queue."""
+
+
+class PasswordHashing:
+    """argon2 on threads of its own: a crowd of sign-ins (or a guessing script) queues here and
+    never takes the threads that answer API calls and pages. Past `queue` waiting, refused."""
+
+    def __init__(self, threads: int = 2, queue: int = 64) -> None:
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="argon2")
+        self.limit = queue
+        self.waiting = 0
+
+    async def run(self, check: Callable[[], T]) -> T:
+        if self.waiting >= self.limit:
+            raise HashingBusy()
+        self.waiting += 1  # only ever changed on the event loop's thread
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, check)
+        finally:
+            self.waiting -= 1
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
 def new_csrf() -> str:
     return secrets.token_urlsafe(24)
 
@@ -120,11 +214,14 @@ def _bearer(request: Request) -> str | None:
 
 def _session_identity(request: Request) -> Identity | None:
     data = sessions_of(request).read(request)
-    account_id = data.get("account")
-    if not isinstance(account_id, int):
+    sid = data.get("sid")
+    if not isinstance(sid, str):
         return None
-    with runtime_of(request).db.transaction() as session:
-        account = active_account(session, account_id)
+    runtime = runtime_of(request)
+    idle = timedelta(seconds=runtime.settings.review.session_idle_timeout)
+    max_age = timedelta(seconds=runtime.settings.review.session_max_age)
+    with runtime.db.transaction() as session:
+        account = session_account(session, sid, idle, max_age)
         return None if account is None else Identity(account.name, account.role, "session")
 
 
@@ -142,7 +239,7 @@ def api_identity(*scopes: str) -> Callable[[Request], Identity]:
                 identity = token_identity(session, token)
             if identity is None:
                 raise HTTPException(
-                    401, "authorization: unknown or revoked token", {"WWW-Authenticate": "Bearer"}
+                    401, "authorization: unknown, revoked or expired token", {"WWW-Authenticate": "Bearer"}
                 )
             if identity.scope not in scopes:
                 raise HTTPException(403, f"authorization: a {identity.scope} token cannot do this")

@@ -41,6 +41,7 @@ LITE0_WEIGHTS = SHARED / "weights" / "efficientnet_lite0.safetensors"
 TABLES = (
     "review_lease",
     "api_token",
+    "account_session",
     "account",
     "moderator_decision",
     "suggestion",

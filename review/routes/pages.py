@@ -13,11 +13,21 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 
 from common.moderation import history
-from common.moderation.accounts import Identity, authenticate
+from common.moderation.accounts import Identity, authenticate, end_session, start_session
 from common.object_store import STORAGE_ERRORS
 from common.photos.urls import parse_s3_url
 from common.runtime import Runtime
-from review.auth import CSRF_FIELD, Moderator, check_form_csrf, new_csrf, runtime_of, sessions_of
+from review.auth import (
+    CSRF_FIELD,
+    HashingBusy,
+    Moderator,
+    PasswordHashing,
+    SignInThrottle,
+    check_form_csrf,
+    new_csrf,
+    runtime_of,
+    sessions_of,
+)
 from review.charts import hourly_bars, line_chart
 from review.routes.review_api import dashboard_figures
 
@@ -28,14 +38,24 @@ STATIC = {"review.js": "text/javascript"}
 router = APIRouter(include_in_schema=False)
 
 
-def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+def render(
+    request: Request,
+    name: str,
+    context: dict[str, Any],
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
     sessions = sessions_of(request)
     data = sessions.read(request)
     fresh = "csrf" not in data
     if fresh:
         data["csrf"] = new_csrf()
     response = templates.TemplateResponse(
-        request, name, {**context, "csrf": data["csrf"], "csrf_field": CSRF_FIELD}, status_code=status_code
+        request,
+        name,
+        {**context, "csrf": data["csrf"], "csrf_field": CSRF_FIELD},
+        status_code=status_code,
+        headers=headers,
     )
     if fresh:
         sessions.write(request, response, data)
@@ -64,29 +84,50 @@ async def sign_in(
 ) -> Response:
     check_form_csrf(request, csrf_token)
     runtime = runtime_of(request)
-    sessions = sessions_of(request)
+    throttle: SignInThrottle = request.app.state.sign_in_throttle
+    address = request.client.host if request.client is not None else "unknown"
+    wait = await run_in_threadpool(throttle.locked_for, name, address)
+    if wait:
+        context = {"next": _safe_next(next), "error": f"Too many failed sign-ins: try again in {wait} s."}
+        return render(request, "sign_in.html", context, 429, {"Retry-After": str(wait)})
 
     def check() -> int | None:
         with runtime.db.transaction() as session:
             account = authenticate(session, name, password)
             return None if account is None else account.id
 
-    account_id = await run_in_threadpool(check)
+    hashing: PasswordHashing = request.app.state.password_hashing
+    try:
+        account_id = await hashing.run(check)
+    except HashingBusy:
+        context = {"next": _safe_next(next), "error": "Too many sign-ins at once: try again in a moment."}
+        return render(request, "sign_in.html", context, 429, {"Retry-After": "1"})
     if account_id is None:
-        await asyncio.sleep(sessions.failure_delay(name))
+        await asyncio.sleep(await run_in_threadpool(throttle.failed, name, address))
         return render(
             request, "sign_in.html", {"next": _safe_next(next), "error": "Wrong name or password."}, 401
         )
-    sessions.forget_failures(name)
+    await run_in_threadpool(throttle.succeeded, name)
+
+    def start() -> str:
+        with runtime.db.transaction() as session:
+            return start_session(session, account_id)
+
+    sid = await run_in_threadpool(start)
     response = RedirectResponse(_safe_next(next), status_code=303)
     # A new CSRF token with the new session: one seen before sign-in is worthless after it.
-    sessions.write(request, response, {"account": account_id, "csrf": new_csrf()})
+    sessions_of(request).write(request, response, {"sid": sid, "csrf": new_csrf()})
     return response
 
 
 @router.post("/sign-out")
 def sign_out(request: Request, csrf_token: str = Form("")) -> Response:
     check_form_csrf(request, csrf_token)
+    sid = sessions_of(request).read(request).get("sid")
+    if isinstance(sid, str):
+        # Ended on the server: a copy of the cookie is worth nothing from now on.
+        with runtime_of(request).db.transaction() as session:
+            end_session(session, sid)
     response = RedirectResponse("/sign-in", status_code=303)
     sessions_of(request).clear(response)
     return response

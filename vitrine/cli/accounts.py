@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, TypeVar
 
 import typer
 from rich.table import Table
+from sqlalchemy.orm import Session
 
-from common.moderation.accounts import AccountError, add_token, add_user, disable_user, list_users
+from common.moderation.accounts import (
+    AccountError,
+    add_token,
+    add_user,
+    disable_user,
+    list_tokens,
+    list_users,
+    revoke_token,
+    rotate_token,
+)
 from common.schema import AccountRole, TokenScope
 from vitrine.cli.root import app, console, state
 
@@ -16,6 +28,7 @@ users_app = typer.Typer(help="Moderator accounts of the review app.", no_args_is
 tokens_app = typer.Typer(help="Bearer tokens for the HTTP API.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
+T = TypeVar("T")
 
 
 @users_app.command("add")
@@ -71,16 +84,85 @@ def tokens_add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="review: the moderator it acts as; ingest: a label.")],
     scope: Annotated[TokenScope, typer.Option(help="ingest (marketplaces) or review (moderators).")],
+    expires_in_days: Annotated[
+        float | None, typer.Option("--expires-in-days", min=0.001, help="Refused after this many days.")
+    ] = None,
 ) -> None:
     """Make a token; it is printed once, alone on the last line, and only its hash is kept."""
+    lifetime = timedelta(days=expires_in_days) if expires_in_days is not None else None
+    token = _with_accounts(ctx, lambda session: add_token(session, name, scope, lifetime))
+    console.print(f"{scope} token for {name} (shown once; keep it secret):")
+    typer.echo(token)
+
+
+@tokens_app.command("list")
+def tokens_list(ctx: typer.Context) -> None:
+    """Every token: its id, holder, scope, state, expiry and last use (never the token)."""
+    now = datetime.now(UTC)
+
+    def rows(session: Session) -> list[tuple[str, ...]]:
+        return [
+            (
+                str(t.id),
+                t.name,
+                t.scope,
+                "revoked"
+                if t.revoked_at
+                else "expired"
+                if t.expires_at and t.expires_at <= now
+                else "active",
+                _when(t.created_at),
+                _when(t.expires_at),
+                _when(t.last_used_at),
+            )
+            for t in list_tokens(session)
+        ]
+
+    table = Table("id", "name", "scope", "state", "created", "expires", "last used")
+    for row in _with_accounts(ctx, rows):
+        table.add_row(*row)
+    typer.echo(_render(table), nl=False)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    ctx: typer.Context,
+    token: Annotated[str, typer.Argument(help="A token id, or a name: every token of that name.")],
+) -> None:
+    """Refuse a token from its next use on (401), in every process at once."""
+    ids = _with_accounts(ctx, lambda session: [t.id for t in revoke_token(session, token)])
+    console.print(f"revoked: {', '.join(map(str, ids))}")
+
+
+@tokens_app.command("rotate")
+def tokens_rotate(
+    ctx: typer.Context,
+    token_id: Annotated[int, typer.Argument(help="The id of the token to replace.")],
+    overlap_hours: Annotated[
+        float, typer.Option(min=0, help="Hours the old token keeps working, so clients can switch.")
+    ] = 24.0,
+) -> None:
+    """A new token for the same holder and scope; the old one expires after the overlap."""
+    token = _with_accounts(
+        ctx, lambda session: rotate_token(session, token_id, timedelta(hours=overlap_hours))
+    )
+    console.print(
+        f"token {token_id} replaced; it stops working in {overlap_hours:g} h. The new one (shown once):"
+    )
+    typer.echo(token)
+
+
+def _with_accounts(ctx: typer.Context, work: Callable[[Session], T]) -> T:
     try:
         with state(ctx).runtime.db.transaction() as session:
-            token = add_token(session, name, scope)
+            return work(session)
     except AccountError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
-    console.print(f"{scope} token for {name} (shown once; keep it secret):")
-    typer.echo(token)
+
+
+def _when(at: datetime | None) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if at is not None else "-"
 
 
 def _render(table: Table) -> str:
