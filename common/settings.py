@@ -286,6 +286,14 @@ class ReviewSettings(Group):
     # The largest request body the API reads (bytes), refused before it is parsed: 500 listings
     # with long titles are well under 1 MiB.
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Requests per second per token (and per address, for calls without one), with bursts of
+    # `*_burst`; counted in Redis by every process. Past them: 429 with Retry-After.
+    rate_limit: float = Field(50.0, gt=0)
+    rate_burst: int = Field(200, ge=1)
+    address_rate_limit: float = Field(100.0, gt=0)
+    address_rate_burst: int = Field(400, ge=1)
+    # Long-polls (`?wait=`) one token may keep open at once.
+    long_polls_per_token: int = Field(20, ge=1)
 
 
 class Settings(BaseModel):

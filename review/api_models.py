@@ -52,6 +52,7 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Too many items, or a body over VITRINE_MAX_BODY_BYTES",
         415: "Not application/json",
         422: "Invalid: every field at fault in `errors`",
+        429: "Too many requests (or long-polls) for this token: retry after `Retry-After` seconds",
     }
     return {
         status: {
@@ -61,7 +62,8 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
                 "application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}
             },
         }
-        for status in statuses
+        # Any call may meet the rate limit (review.limits).
+        for status in sorted({*statuses, 429})
     }
 
 

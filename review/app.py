@@ -27,6 +27,7 @@ from common.runtime import Runtime
 from common.settings import Settings, load_settings
 from review import problems
 from review.auth import PasswordHashing, Reader, Sessions, SignInRequired, SignInThrottle
+from review.limits import Limits
 from review.metrics import AppMetrics
 from review.routes import api_docs, desk, listings, pages, review_api
 
@@ -51,11 +52,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     runtime = runtime or Runtime(settings)
 
     hashing = PasswordHashing()
+    limits = Limits(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         hashing.close()
+        await limits.close()
         if owned:
             runtime.close()
 
@@ -71,6 +74,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.sessions = Sessions(settings)
     app.state.password_hashing = hashing
+    app.state.limits = limits
     app.state.sign_in_throttle = SignInThrottle(settings, lambda: runtime.publisher.redis, app.state.sessions)
     app.state.metrics = metrics = AppMetrics()
     app.include_router(listings.router)
@@ -114,7 +118,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         token = logs.request_id.set(rid if REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex[:16])
         try:
             try:
+                await limits.check(request)
                 response: Response = await call_next(request)
+            except problems.Problem as refused:
+                response = problems.from_http(refused)
             except Exception:
                 # A bug of ours: logged with this request's id, answered as a problem like any error.
                 logging.getLogger("review.app").exception("%s %s failed", request.method, request.url.path)

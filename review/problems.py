@@ -122,7 +122,7 @@ def problem_response(
     )
 
 
-def _from_http(error: StarletteHTTPException) -> JSONResponse:
+def from_http(error: StarletteHTTPException) -> JSONResponse:
     detail = str(error.detail)
     if isinstance(error, Problem):
         return problem_response(error.status_code, error.code, detail, error.errors, error.headers)
@@ -147,7 +147,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, error: StarletteHTTPException) -> Response:
-        return _from_http(error)
+        return from_http(error)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, error: RequestValidationError) -> Response:

@@ -20,6 +20,7 @@ from common.schema import TERMINAL_STATUSES, ListingStatus
 from common.suggestions.corpus import cold_start
 from review.api_models import INGEST_BODY, IngestAnswer, ListingView, problems
 from review.auth import Ingest, Reader, runtime_of
+from review.limits import Limits
 from review.problems import Problem, field_errors, pointer, read_json
 
 router = APIRouter(prefix="/api/v1", tags=["listings"])
@@ -150,13 +151,17 @@ async def get_listing(
     _: Identity = Reader,
 ) -> dict[str, Any]:
     runtime = runtime_of(request)
-    deadline = time.monotonic() + wait
-    while True:
-        # A fresh short transaction per look: no connection is held while the listing is awaited.
-        view = await run_in_threadpool(_read_view, runtime, external_id)
-        if view is None or view["status"] in TERMINAL_STATUSES or time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(min(WAIT_POLL, max(0.0, deadline - time.monotonic())))
+    view = await run_in_threadpool(_read_view, runtime, external_id)
+    if wait > 0 and view is not None and view["status"] not in TERMINAL_STATUSES:
+        limits: Limits = request.app.state.limits
+        async with limits.long_poll(request):
+            deadline = time.monotonic() + wait
+            while (
+                view is not None and view["status"] not in TERMINAL_STATUSES and time.monotonic() < deadline
+            ):
+                await asyncio.sleep(min(WAIT_POLL, max(0.0, deadline - time.monotonic())))
+                # A fresh short transaction per look: no connection is held while it is awaited.
+                view = await run_in_threadpool(_read_view, runtime, external_id)
     if view is None:
         raise Problem(
             404,
