@@ -258,6 +258,8 @@ def run_case(
     return line
 
 
+# The whole storm runs for about two minutes a case: longer than the suite's per-test limit.
+@pytest.mark.timeout(600 + 300 * CASES)
 def test_kill_9_storm(tmp_path: Path) -> None:
     cases = schedule(CASES, SEED)
     print(f"\n[storm] {CASES} cases, seed {SEED}:")
