@@ -146,7 +146,14 @@ class ListingView(Model):
     failure_detail: str | None
     suggestion: SuggestionView | None
     decision: DecisionView | None
-    pending_reason: str | None = Field(description="Why an embedded listing has no suggestion yet")
+    updated_at: str = Field(description="When its status, photo or decision last changed")
+    pending_reason: str | None = Field(None, description="Why an embedded listing has no suggestion yet")
+
+
+class ListingPage(Model):
+    listings: list[ListingView]
+    next: str | None = Field(description="The cursor of the next page (`?cursor=`); keep it to ask later")
+    has_more: bool
 
 
 # --- review -------------------------------------------------------------------------------------
@@ -190,6 +197,8 @@ class HistoryEntry(BaseModel):
 
 class HistoryPage(Model):
     decisions: list[HistoryEntry]
+    next: int | None = Field(None, description="`?before=` of the next page")
+    has_more: bool = False
 
 
 class Stats(BaseModel):

@@ -74,6 +74,10 @@ class Limits:
             made = self._clients[loop] = (SlidingWindowCounterRateLimiter(storage), client)
         return made
 
+    def client(self) -> aioredis.Redis:
+        """The app's Redis, for this event loop."""
+        return self._for_this_loop()[1]
+
     def _unavailable(self, error: Exception) -> None:
         if time.monotonic() - self._warned > 60:
             self._warned = time.monotonic()

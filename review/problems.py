@@ -220,6 +220,7 @@ async def read_json(request: Request, limit: int) -> Any:
             raise Problem(413, "too_large", f"body: at most {limit} bytes")
         chunks.append(chunk)
     raw = b"".join(chunks)
+    request.state.raw_body = raw  # for whoever needs the bytes as sent (an idempotency fingerprint)
     try:
         body = json.loads(raw)
     except RecursionError:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import literal, select, tuple_
 from sqlalchemy.orm import Session
 
-from common.moderation.decisions import decision_of
+from common.moderation.decisions import decision_of, standing_decisions
 from common.moderation.labels import label_expression
-from common.schema import Embedding, Listing, Suggestion
+from common.schema import Embedding, Listing, ModeratorDecision, Suggestion
 
 MAX_WAIT = 30.0
 # Between two looks at a listing awaited by a client (`?wait=`): each look is a short transaction.
@@ -30,7 +33,68 @@ def listing_view(session: Session, external_id: str) -> dict[str, Any] | None:
     if row is None:
         return None
     listing, suggestion = row
-    decision = decision_of(session, listing.id)
+    return _view(listing, suggestion, decision_of(session, listing.id))
+
+
+@dataclass(frozen=True)
+class ListingFilter:
+    status: str | None = None
+    needs_review: bool | None = None
+    updated_since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended: the last listing's (updated_at, id), the order pages are read in."""
+
+    updated_at: datetime
+    listing_id: int
+
+    def encode(self) -> str:
+        raw = f"{self.updated_at.isoformat()}|{self.listing_id}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @staticmethod
+    def decode(text: str) -> Cursor:
+        """Raises ValueError for anything this app did not hand out."""
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+            at, _, listing_id = raw.partition("|")
+            return Cursor(datetime.fromisoformat(at), int(listing_id))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ValueError("not a cursor this API handed out") from error
+
+
+def listing_page(
+    session: Session, where: ListingFilter, after: Cursor | None, limit: int
+) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """Up to `limit` listings in the order they were last changed (then id), after the cursor;
+    and the cursor of the next page, None when this one is the last. A client that keeps the
+    last cursor and asks again later gets what changed since (a status, a photo, a decision)."""
+    query = select(Listing, Suggestion).outerjoin(Suggestion, Suggestion.listing_id == Listing.id)
+    if where.status is not None:
+        query = query.where(Listing.status == where.status)
+    if where.needs_review is not None:
+        query = query.where(Suggestion.needs_review.is_(where.needs_review))
+    if where.updated_since is not None:
+        query = query.where(Listing.updated_at >= where.updated_since)
+    if after is not None:
+        query = query.where(
+            tuple_(Listing.updated_at, Listing.id)
+            > tuple_(literal(after.updated_at), literal(after.listing_id))
+        )
+    rows = session.execute(query.order_by(Listing.updated_at, Listing.id).limit(limit + 1)).all()
+    page = rows[:limit]
+    decisions = {d.listing_id: d for d in standing_decisions(session, [listing.id for listing, _ in page])}
+    views = [_view(listing, suggestion, decisions.get(listing.id)) for listing, suggestion in page]
+    last = page[-1][0] if page else None
+    following = Cursor(last.updated_at, last.id) if last is not None and len(rows) > limit else None
+    return views, following
+
+
+def _view(
+    listing: Listing, suggestion: Suggestion | None, decision: ModeratorDecision | None
+) -> dict[str, Any]:
     return {
         "id": listing.id,
         "external_id": listing.external_id,
@@ -40,6 +104,7 @@ def listing_view(session: Session, external_id: str) -> dict[str, Any] | None:
         "seller_category": listing.seller_category,
         "failure_reason": listing.failure_reason,
         "failure_detail": listing.failure_detail,
+        "updated_at": listing.updated_at.isoformat(),
         "suggestion": None
         if suggestion is None
         else {

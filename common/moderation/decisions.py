@@ -29,23 +29,29 @@ class ReviewError(Exception):
     """A review request that cannot be done; `status` is its HTTP answer, `field` what was wrong."""
 
     status = 400
+    code = "bad_request"
 
-    def __init__(self, message: str, field: str | None = None) -> None:
+    def __init__(self, message: str, field: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        # Stable, for programs: which conflict it is (`already_decided_by_you` is a retry's).
+        self.code = code or type(self).code
 
 
 class NotFound(ReviewError):
     status = 404
+    code = "listing_not_found"
 
 
 class Conflict(ReviewError):
     status = 409
+    code = "conflict"
 
 
 class Invalid(ReviewError):
     status = 422
+    code = "invalid"
 
 
 def _listing_for_update(session: Session, external_id: str) -> Listing:
@@ -75,26 +81,39 @@ def decide(
         select(Suggestion).where(Suggestion.listing_id == listing.id)
     ).scalar_one_or_none()
     if listing.status == ListingStatus.reviewed:
-        raise Conflict(f"listing {external_id!r} is already decided", "external_id")
+        prior = decision_of(session, listing.id)
+        mine = prior is not None and prior.moderator == moderator
+        by = "by you" if mine else "by another moderator"
+        raise Conflict(
+            f"listing {external_id!r} is already decided {by}",
+            "external_id",
+            "already_decided_by_you" if mine else "already_decided",
+        )
     if suggestion is not None and suggestion.revision != listing.revision:
         # What the moderator looked at is a photo the seller has replaced since.
         raise Conflict(
             f"listing {external_id!r} has a new photo since it was claimed: it is scored again and "
             "comes back to the queue if it needs a moderator",
             "external_id",
+            "photo_replaced",
         )
     if suggestion is None or not suggestion.needs_review:
-        raise Conflict(f"listing {external_id!r} is not waiting for review", "external_id")
+        raise Conflict(f"listing {external_id!r} is not waiting for review", "external_id", "not_waiting")
     lease = session.get(ReviewLease, listing.id, with_for_update=True)
     # An expired lease of this moderator still counts while nobody else has claimed the item.
     if lease is not None and lease.moderator == moderator and lease.revision != listing.revision:
         raise Conflict(
             f"listing {external_id!r} has a new photo since you claimed it; claim it again to see it",
             "external_id",
+            "photo_replaced",
         )
     if lease is None or lease.moderator != moderator:
         holder = "nobody" if lease is None else "another moderator"
-        raise Conflict(f"listing {external_id!r} is claimed by {holder}; claim it first", "external_id")
+        raise Conflict(
+            f"listing {external_id!r} is claimed by {holder}; claim it first",
+            "external_id",
+            "not_claimed_by_you",
+        )
     if action == Action.accept:
         if suggestion.category is None:
             raise Invalid("category: the suggestion names no category; override instead", "category")
@@ -142,7 +161,9 @@ def undo(session: Session, moderator: str, external_id: str, lease_seconds: int)
         .limit(1)
     ).scalar_one_or_none()
     if last is None or last.moderator != moderator:
-        raise Conflict(f"listing {external_id!r}: you have no decision on it to undo", "external_id")
+        raise Conflict(
+            f"listing {external_id!r}: you have no decision on it to undo", "external_id", "nothing_to_undo"
+        )
     if last.revision != listing.revision:
         # The decision stopped counting with the new photo, which has work of its own pending:
         # undoing it now would put the old suggestion back in front of the new photo.
@@ -150,6 +171,7 @@ def undo(session: Session, moderator: str, external_id: str, lease_seconds: int)
             f"listing {external_id!r} has a new photo since your decision, which no longer applies: "
             "nothing to undo",
             "external_id",
+            "photo_replaced",
         )
     if last.action != Action.skip:
         listing.status = ListingStatus.suggested
@@ -157,7 +179,7 @@ def undo(session: Session, moderator: str, external_id: str, lease_seconds: int)
             update(Suggestion).where(Suggestion.listing_id == listing.id).values(needs_review=True)
         )
     elif listing.status == ListingStatus.reviewed:
-        raise Conflict(f"listing {external_id!r} was decided since your skip", "external_id")
+        raise Conflict(f"listing {external_id!r} was decided since your skip", "external_id", "decided_since")
     row = ModeratorDecision(
         listing_id=listing.id,
         action=Action.undo,
@@ -198,6 +220,25 @@ def decision_of(session: Session, listing_id: int) -> ModeratorDecision | None:
         .order_by(ModeratorDecision.id.desc())
         .limit(1)
     ).scalar_one_or_none()
+
+
+def standing_decisions(session: Session, listing_ids: list[int]) -> list[ModeratorDecision]:
+    """`decision_of` for many listings in one query: each one's newest standing decision."""
+    if not listing_ids:
+        return []
+    rows = session.execute(
+        select(ModeratorDecision)
+        .join(Listing, Listing.id == ModeratorDecision.listing_id)
+        .where(
+            ModeratorDecision.listing_id.in_(listing_ids),
+            ModeratorDecision.action.in_(LABELLING),
+            ModeratorDecision.revision == Listing.revision,
+            standing(),
+        )
+        .order_by(ModeratorDecision.listing_id, ModeratorDecision.id.desc())
+        .distinct(ModeratorDecision.listing_id)
+    ).scalars()
+    return list(rows)
 
 
 def last_decision(session: Session, moderator: str) -> dict[str, Any] | None:

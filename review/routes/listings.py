@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from common.listings.events import ListingEvent, publish_listings, refusal
-from common.listings.views import MAX_WAIT, WAIT_POLL, listing_view
+from common.listings.views import MAX_WAIT, WAIT_POLL, Cursor, ListingFilter, listing_page, listing_view
 from common.moderation.accounts import Identity
 from common.object_store import overlay_url
 from common.runtime import Runtime
 from common.schema import TERMINAL_STATUSES, ListingStatus
 from common.suggestions.corpus import cold_start
-from review.api_models import INGEST_BODY, IngestAnswer, ListingView, problems
+from review.api_models import INGEST_BODY, IngestAnswer, ListingPage, ListingView, problems
 from review.auth import Ingest, Reader, runtime_of
+from review.idempotency import once
 from review.limits import Limits
 from review.problems import Problem, field_errors, pointer, read_json
 
@@ -65,12 +68,21 @@ def _refused(index: int | None, external_id: str | None, errors: list[dict[str, 
     openapi_extra=INGEST_BODY,
     responses=problems(400, 401, 403, 413, 415, 422),
 )
-async def post_listings(request: Request, _: Identity = Ingest) -> dict[str, Any]:
+async def post_listings(request: Request, _: Identity = Ingest) -> Response:
     """Each item `{external_id, image_url, seller_category?, title?}` is validated like `ListingEvent`;
     valid ones are recorded and queued, bad ones answered with every error, in order. 202 when
     at least one was accepted; 422 (problem details, every item's errors) when none was."""
     runtime = runtime_of(request)
     body = await read_json(request, runtime.settings.review.max_body_bytes)
+
+    async def ingest() -> Response:
+        return JSONResponse(await _ingest(request, runtime, body), status_code=202)
+
+    # The bytes as sent (`read_json` keeps them): a retry's fingerprint is of the same bytes.
+    return await once(request, request.state.raw_body, ingest)
+
+
+async def _ingest(request: Request, runtime: Runtime, body: Any) -> dict[str, Any]:
     single = not isinstance(body, list)
     items = [body] if single else body
     if len(items) > MAX_ITEMS:
@@ -135,6 +147,62 @@ def _with_urls(runtime: Runtime, view: dict[str, Any]) -> dict[str, Any]:
         suggestion["gradcam_url"] = suggestion["overlay_url"]
         view["suggestion"] = suggestion
     return view
+
+
+@router.get(
+    "/listings",
+    operation_id="listListings",
+    summary="Listings in the order they last changed, a page at a time",
+    response_model=ListingPage,
+    responses=problems(401, 403, 422),
+)
+async def list_listings(
+    request: Request,
+    status: Annotated[ListingStatus | None, Query(description="Only listings in this state")] = None,
+    needs_review: Annotated[
+        bool | None, Query(description="Only flagged (true) or unflagged (false)")
+    ] = None,
+    updated_since: Annotated[
+        datetime | None, Query(description="Only listings changed at or after this")
+    ] = None,
+    cursor: Annotated[str | None, Query(max_length=200, description="`next` of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_ITEMS)] = 100,
+    _: Identity = Reader,
+) -> dict[str, Any]:
+    """Reconcile with Vitrine: read every page, keep the last `next`, and ask again with it later
+    for what changed since (a status, a photo, a decision)."""
+    after = None
+    if cursor is not None:
+        try:
+            after = Cursor.decode(cursor)
+        except ValueError:
+            raise Problem(
+                422,
+                "invalid_cursor",
+                "cursor: not one this API handed out",
+                [
+                    {
+                        "pointer": "/query/cursor",
+                        "code": "invalid_cursor",
+                        "detail": "not one this API handed out",
+                    }
+                ],
+            ) from None
+    if updated_since is not None and updated_since.tzinfo is None:
+        updated_since = updated_since.replace(tzinfo=UTC)
+    where = ListingFilter(status, needs_review, updated_since)
+    runtime = runtime_of(request)
+
+    def read() -> tuple[list[dict[str, Any]], Cursor | None]:
+        with runtime.db.transaction() as session:
+            return listing_page(session, where, after, limit)
+
+    views, following = await run_in_threadpool(read)
+    return {
+        "listings": [_with_urls(runtime, view) for view in views],
+        "next": following.encode() if following is not None else None,
+        "has_more": following is not None,
+    }
 
 
 @router.get(

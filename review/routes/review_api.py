@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
@@ -17,6 +18,8 @@ from common.moderation.accounts import Identity
 from common.runtime import Runtime
 from review.api_models import Claimed, DecisionMade, HistoryPage, Stats, UndoMade, problems
 from review.auth import Reviewer, runtime_of
+from review.idempotency import once
+from review.problems import Problem
 
 router = APIRouter(prefix="/api/v1", tags=["review"])
 T = TypeVar("T")
@@ -37,7 +40,12 @@ def in_transaction(runtime: Runtime, work: Callable[[Session], T]) -> T:
         with runtime.db.transaction() as session:
             return work(session)
     except decisions.ReviewError as error:
-        raise HTTPException(error.status, error.message) from None
+        where = (
+            [{"pointer": f"/{error.field}", "code": error.code, "detail": error.message}]
+            if error.field
+            else []
+        )
+        raise Problem(error.status, error.code, error.message, where) from None
 
 
 # An external id may hold any character, `/` included: clients percent-encode it in the path
@@ -83,14 +91,20 @@ async def claim(
 )
 async def decision(
     request: Request, external_id: str, body: DecisionIn, identity: Identity = Reviewer
-) -> dict[str, Any]:
+) -> Response:
     runtime = runtime_of(request)
-    row = await run_in_threadpool(
-        in_transaction,
-        runtime,
-        lambda s: decisions.decide(s, identity.name, external_id, body.action, body.category, body.note),
-    )
-    return {"id": row.id, "external_id": external_id, "action": row.action, "category": row.category}
+
+    async def decide() -> Response:
+        row = await run_in_threadpool(
+            in_transaction,
+            runtime,
+            lambda s: decisions.decide(s, identity.name, external_id, body.action, body.category, body.note),
+        )
+        made = {"id": row.id, "external_id": external_id, "action": row.action, "category": row.category}
+        return JSONResponse(made)
+
+    # A retried decision (the answer was lost) gets the first answer, not "already decided".
+    return await once(request, await request.body(), decide)
 
 
 @router.post(
@@ -126,9 +140,11 @@ async def decision_history(
 ) -> dict[str, Any]:
     runtime = runtime_of(request)
     rows = await run_in_threadpool(
-        in_transaction, runtime, lambda s: history.history(s, moderator_name, category, limit, before)
+        in_transaction, runtime, lambda s: history.history(s, moderator_name, category, limit + 1, before)
     )
-    return {"decisions": rows}
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"decisions": rows, "next": rows[-1]["id"] if more else None, "has_more": more}
 
 
 def dashboard_figures(runtime: Runtime) -> dict[str, Any]:

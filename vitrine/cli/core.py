@@ -37,6 +37,9 @@ def publish(
     images: Annotated[Path, typer.Option(help="Folder of product photos.")],
     labels: Annotated[Path | None, typer.Option(help="CSV with columns image and a category.")] = None,
     label_column: str = "category",
+    title_column: Annotated[
+        str | None, typer.Option(help="The labels file's column of listing titles (e.g. product_name).")
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1)] = None,
     seller_share: Annotated[
         float, typer.Option(min=0, max=1, help="Share of listings published with their category.")
@@ -51,6 +54,7 @@ def publish(
                 images,
                 labels,
                 label_column=label_column,
+                title_column=title_column,
                 limit=limit,
                 seller_share=seller_share,
                 advance=lambda n: progress.advance(task, n),

@@ -103,3 +103,32 @@ def test_refit_while_another_runs_is_not_an_error(
         assert acquired
         output = _invoke(settings, "refit")  # exit code 0, checked by _invoke
     assert "another refit is running" in output
+
+
+def test_publish_sends_titles_from_a_column_of_the_labels(
+    settings: Settings, runtime: Runtime, clean_db: None, photo_folder: tuple[Path, Path], tmp_path: Path
+) -> None:
+    folder, labels = photo_folder
+    with open(labels, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    titled = tmp_path / "titled.csv"
+    with open(titled, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", "category", "product_name"])
+        writer.writeheader()
+        writer.writerows(
+            {**row, "product_name": f"A {row['category'].lower()} ({row['image']})"} for row in rows
+        )
+    _invoke(
+        settings,
+        "publish",
+        "--images",
+        str(folder),
+        "--labels",
+        str(titled),
+        "--title-column",
+        "product_name",
+    )
+    with runtime.db.transaction() as session:
+        titles = dict(session.execute(select(Listing.external_id, Listing.title)).all())
+    assert len(titles) == len(rows)
+    assert all(title and title.endswith(".jpg)") for title in titles.values()), titles

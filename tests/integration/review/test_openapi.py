@@ -15,6 +15,7 @@ from tests.fixtures.review import Tokens, add_flagged, bearer
 
 OPERATIONS = {
     ("post", "/api/v1/listings"): "sendListings",
+    ("get", "/api/v1/listings"): "listListings",
     ("get", "/api/v1/listings/{external_id}"): "getListing",
     ("post", "/api/v1/review/claim"): "claimReviewItem",
     ("post", "/api/v1/review/{external_id}/decision"): "decideReviewItem",
@@ -101,6 +102,12 @@ def test_real_answers_match_the_description(
     )
     assert matches(spec, client.post(listings, json=item), "post", listings).status_code == 401
     one = "/api/v1/listings/{external_id}"
+    page = matches(spec, client.get(f"{listings}?limit=1", headers=ingest), "get", listings).json()
+    assert len(page["listings"]) == 1 and page["has_more"] is False
+    assert (
+        matches(spec, client.get(f"{listings}?cursor=nope", headers=ingest), "get", listings).status_code
+        == 422
+    )
     assert matches(spec, client.get("/api/v1/listings/sku-1", headers=ingest), "get", one).status_code == 200
     assert matches(spec, client.get("/api/v1/listings/nope", headers=ingest), "get", one).status_code == 404
 
