@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from common.db import Database, until_available
 from common.delivery.queues import retry_delay
+from common.jobs.rescore import embedded_already
 from common.object_store import ObjectStore
 from common.photos.failures import FailureReason, Fault, ImageRejected
 from common.photos.fetch import fetch_image_bytes, http_client
@@ -141,6 +142,13 @@ class EmbedPipeline:
 
     def _process(self, ids: list[int], retries: Mapping[int, int], report: BatchReport) -> None:
         claimed = until_available(lambda: claim_listings(self.db, ids), "claiming listings")
+        # A new title or seller category of a photo embedded already: scored, not embedded again.
+        stored = until_available(
+            lambda: embedded_already(self.db, self.backbone.backbone_id, claimed), "reading"
+        )
+        if stored:
+            report.merge(until_available(lambda: self._rescore(claimed, stored), "re-scoring"))
+            claimed = [c for c in claimed if c.listing_id not in stored]
         limit = self.settings.embed.max_attempts
         over = [c for c in claimed if c.attempts > limit]
         work = [c for c in claimed if c.attempts <= limit]
@@ -205,6 +213,19 @@ class EmbedPipeline:
                 mark_failed(session, exhausted.listing_id, reason, detail)
                 report.failed[exhausted.listing_id] = reason
         report.embedded = [p.source.listing_id for p in good]
+        return report
+
+    def _rescore(self, claimed: list[Claimed], stored: dict[int, np.ndarray]) -> BatchReport:
+        report = BatchReport()
+        with self.db.transaction() as session:
+            current = still_current(session, [c for c in claimed if c.listing_id in stored])
+            kept = [Prepared(c) for c in claimed if c.listing_id in current]
+            report.skipped = sorted(set(stored) - current)
+            if kept:
+                self._suggest(session, kept, np.stack([stored[p.source.listing_id] for p in kept]), report)
+                session.execute(
+                    update(Listing).where(Listing.id.in_(sorted(current))).values(claimed_at=None)
+                )
         return report
 
     def _suggest(

@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from common.listings.changes import ListingChanges
 from common.listings.events import ListingEvent
 from review.auth import SESSION_COOKIE
 from review.problems import Problem
@@ -96,6 +97,7 @@ def describe(app: FastAPI) -> dict[str, Any]:
     event = ListingEvent.model_json_schema(ref_template="#/components/schemas/{model}")
     components.setdefault("schemas", {}).update(event.pop("$defs", {}))
     components["schemas"]["ListingEvent"] = event
+    components["schemas"]["ListingChanges"] = ListingChanges.model_json_schema()
     components["securitySchemes"] = {
         "bearer": {
             "type": "http",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -13,10 +15,13 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from common.delivery.outbox import send_listings
+from common.delivery.publisher import BROKER_ERRORS
+from common.listings.changes import ListingChanges, change_listing, delete_listing
 from common.listings.events import ListingEvent, publish_listings, refusal
 from common.listings.views import MAX_WAIT, WAIT_POLL, Cursor, ListingFilter, listing_page, listing_view
 from common.moderation.accounts import Identity
-from common.object_store import overlay_url
+from common.object_store import STORAGE_ERRORS, overlay_url
 from common.runtime import Runtime
 from common.schema import TERMINAL_STATUSES, ListingStatus
 from common.suggestions.corpus import cold_start
@@ -27,6 +32,7 @@ from review.limits import Limits
 from review.problems import Problem, field_errors, pointer, read_json
 
 router = APIRouter(prefix="/api/v1", tags=["listings"])
+log = logging.getLogger(__name__)
 MAX_ITEMS = 500
 
 
@@ -231,12 +237,7 @@ async def get_listing(
                 # A fresh short transaction per look: no connection is held while it is awaited.
                 view = await run_in_threadpool(_read_view, runtime, external_id)
     if view is None:
-        raise Problem(
-            404,
-            "listing_not_found",
-            f"external_id: no listing {external_id!r}",
-            [{"pointer": "/path/external_id", "code": "not_found", "detail": "no such listing"}],
-        )
+        raise _not_found(external_id)
     return _with_urls(runtime, view)
 
 
@@ -257,3 +258,98 @@ def pending_reason(session: Session, runtime: Runtime, view: dict[str, Any]) -> 
     if waiting is None:
         return "embedded; its suggestion is written by the refit now running"
     return waiting.reason
+
+
+@router.patch(
+    "/listings/{external_id:path}",
+    operation_id="updateListing",
+    summary="Change a listing's title or seller category (null clears one)",
+    response_model=ListingView,
+    responses=problems(400, 401, 403, 404, 413, 415, 422),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ListingChanges"}}},
+        }
+    },
+)
+async def patch_listing(request: Request, external_id: str, _: Identity = Ingest) -> dict[str, Any]:
+    """The fields sent change, the others stay. A change is a new revision: the listing is scored
+    again (from its photo's stored vector: the photo is not fetched or embedded again) and, if it
+    needs one, reviewed again; a moderator's decision on the old text no longer stands."""
+    runtime = runtime_of(request)
+    body = await read_json(request, runtime.settings.review.max_body_bytes)
+    if not isinstance(body, dict):
+        raise Problem(
+            422,
+            "not_an_object",
+            "body: must be a JSON object",
+            [{"pointer": "", "code": "not_an_object", "detail": "must be a JSON object"}],
+        )
+    try:
+        changes = ListingChanges.model_validate(body)
+    except ValidationError as error:
+        errors = field_errors(error.errors())
+        raise Problem(
+            422, "invalid", "; ".join(f"{e['pointer']}: {e['detail']}" for e in errors), errors
+        ) from None
+
+    def change() -> bool:
+        with runtime.db.transaction() as session:
+            changed = change_listing(session, external_id, changes)
+        if changed is None:
+            return False
+        if changed.queued:
+            # Recorded and unmarked if the broker is away: the sweep sends it once it answers.
+            with suppress(*BROKER_ERRORS):
+                send_listings(runtime.db, runtime.publisher, [changed.listing_id])
+        return True
+
+    if not await run_in_threadpool(change):
+        raise _not_found(external_id)
+    view = await run_in_threadpool(_read_view, runtime, external_id)
+    if view is None:  # removed meanwhile
+        raise _not_found(external_id)
+    return _with_urls(runtime, view)
+
+
+@router.delete(
+    "/listings/{external_id:path}",
+    operation_id="deleteListing",
+    summary="Remove a listing, everything made from it and its objects",
+    status_code=204,
+    response_model=None,
+    responses={204: {"description": "Removed"}, **problems(401, 403, 404)},
+)
+async def delete_listing_route(request: Request, external_id: str, _: Identity = Ingest) -> Response:
+    """Its rows (suggestion, embedding, decisions, claim) go with it; so do its overlays and, when
+    it was uploaded to our images bucket and no other listing shows it, its photo."""
+    runtime = runtime_of(request)
+    store = runtime.settings.store
+
+    def remove() -> list[tuple[str, str]] | None:
+        with runtime.db.transaction() as session:
+            return delete_listing(session, external_id, store.images_bucket, store.overlay_bucket)
+
+    objects = await run_in_threadpool(remove)
+    if objects is None:
+        raise _not_found(external_id)
+    by_bucket: dict[str, list[str]] = {}
+    for bucket, key in objects:
+        by_bucket.setdefault(bucket, []).append(key)
+    for bucket, keys in by_bucket.items():
+        try:
+            await run_in_threadpool(runtime.store.delete_keys, bucket, keys)
+        except STORAGE_ERRORS as error:
+            # The rows are gone; the objects are no one's and unreachable (keys are not guessable).
+            log.warning("objects of deleted listing %r left in %s: %s", external_id, bucket, error)
+    return Response(status_code=204)
+
+
+def _not_found(external_id: str) -> Problem:
+    return Problem(
+        404,
+        "listing_not_found",
+        f"external_id: no listing {external_id!r}",
+        [{"pointer": "/path/external_id", "code": "not_found", "detail": "no such listing"}],
+    )

@@ -17,6 +17,8 @@ OPERATIONS = {
     ("post", "/api/v1/listings"): "sendListings",
     ("get", "/api/v1/listings"): "listListings",
     ("get", "/api/v1/listings/{external_id}"): "getListing",
+    ("patch", "/api/v1/listings/{external_id}"): "updateListing",
+    ("delete", "/api/v1/listings/{external_id}"): "deleteListing",
     ("post", "/api/v1/review/claim"): "claimReviewItem",
     ("post", "/api/v1/review/{external_id}/decision"): "decideReviewItem",
     ("post", "/api/v1/review/{external_id}/undo"): "undoDecision",
