@@ -14,14 +14,20 @@ LIMIT ?=
 TITLES ?= product_name
 COVERAGE_FLOOR ?= 68
 
-.PHONY: install browser test test-unit test-faults test-deploy images lock lint demo stop bench evaluate clean
+.PHONY: install browser tools test test-unit test-faults test-deploy images lock lint demo stop bench evaluate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) browser
+install: $(STAMP) browser tools
+
+# The README's API examples are run by a test as written: they use curl and jq.
+tools:
+	@command -v curl >/dev/null && command -v jq >/dev/null || { \
+	  echo "installing Debian's curl and jq for the README's API examples"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y --no-install-recommends curl jq; }
 
 # The review app's browser test drives Debian's chromium; a browser is never downloaded.
 browser:
