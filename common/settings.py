@@ -294,6 +294,8 @@ class ReviewSettings(Group):
     address_rate_burst: int = Field(400, ge=1)
     # Long-polls (`?wait=`) one token may keep open at once.
     long_polls_per_token: int = Field(20, ge=1)
+    # Long-polls one process of the app keeps open at once, whoever asks.
+    long_polls_per_process: int = Field(200, ge=1)
 
 
 class Settings(BaseModel):

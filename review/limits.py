@@ -57,6 +57,10 @@ class Limits:
         self.per_token = _item(review.rate_limit, review.rate_burst)
         self.per_address = _item(review.address_rate_limit, review.address_rate_burst)
         self.polls_per_token = review.long_polls_per_token
+        # Each open long-poll looks at Postgres five times a second on the app's threads: past
+        # this many in one process, the others' requests would wait behind them.
+        self.polls_per_process = review.long_polls_per_process
+        self.open_polls = 0  # only ever changed on the event loop's thread
         self.url = url
         # Async clients belong to the event loop they were made on: one pair per loop (uvicorn
         # runs one; a test client may run several).
@@ -109,6 +113,17 @@ class Limits:
     @asynccontextmanager
     async def long_poll(self, request: Request) -> AsyncIterator[None]:
         """Hold one of the caller's long-poll places while the body runs; 429 when all are taken."""
+        if self.open_polls >= self.polls_per_process:
+            raise _too_many_waits(f"this server keeps at most {self.polls_per_process}")
+        self.open_polls += 1
+        try:
+            async with self._token_place(request):
+                yield
+        finally:
+            self.open_polls -= 1
+
+    @asynccontextmanager
+    async def _token_place(self, request: Request) -> AsyncIterator[None]:
         _, key = caller_key(request)
         name = POLLS_KEY + key
         _, client = self._for_this_loop()
@@ -121,14 +136,7 @@ class Limits:
             return
         try:
             if held > self.polls_per_token:
-                raise Problem(
-                    429,
-                    "too_many_waits",
-                    f"wait: at most {self.polls_per_token} long-polls open at once per token; "
-                    "retry in 1 s or use ?wait=0",
-                    [{"pointer": "/query/wait", "code": "too_many_waits", "detail": "too many open at once"}],
-                    headers={"Retry-After": "1"},
-                )
+                raise _too_many_waits(f"one token keeps at most {self.polls_per_token}")
             yield
         finally:
             try:
@@ -140,3 +148,13 @@ class Limits:
         made = self._clients.get(asyncio.get_running_loop())
         if made is not None:
             await made[1].aclose()
+
+
+def _too_many_waits(limit: str) -> Problem:
+    return Problem(
+        429,
+        "too_many_waits",
+        f"wait: {limit} long-polls open at once; retry in 1 s or use ?wait=0",
+        [{"pointer": "/query/wait", "code": "too_many_waits", "detail": "too many open at once"}],
+        headers={"Retry-After": "1"},
+    )

@@ -4,16 +4,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import and_, or_, select
 
 from common.db import Database
+from common.jobs.claims import Claimed
 from common.schema import Embedding, Listing
-
-if TYPE_CHECKING:
-    from common.jobs.embed import Claimed
 
 
 def embedded_already(db: Database, backbone_id: str, claimed: Sequence[Claimed]) -> dict[int, np.ndarray]:

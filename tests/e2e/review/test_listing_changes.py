@@ -8,7 +8,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from common.db import Database
-from common.jobs.embed import Claimed, EmbedPipeline
+from common.jobs.claims import Claimed
+from common.jobs.embed import EmbedPipeline
 from common.jobs.explain import explain_listings
 from common.object_store import ObjectStore
 from common.schema import Embedding, Listing, ListingStatus, ModeratorDecision, Suggestion

@@ -88,3 +88,26 @@ def test_with_redis_away_requests_go_through(
     with TestClient(create_app(away, runtime)) as client:
         assert client.get("/api/v1/listings/none", headers=bearer(tokens.ingest)).status_code == 404
         assert client.get("/healthz").status_code == 200
+
+
+def test_one_process_keeps_a_bounded_number_of_long_polls_open(
+    review_settings: Settings, runtime: Runtime, tokens: Tokens
+) -> None:
+    publish_listing(runtime, "waiting", "https://photos.example/w.jpg")
+    app = create_app(review_settings.replace(long_polls_per_process=1), runtime)
+    shop = bearer(tokens.ingest)
+    with TestClient(app) as client:
+        answers: list[int] = []
+        poll = threading.Thread(
+            target=lambda: answers.append(
+                TestClient(app).get("/api/v1/listings/waiting?wait=2", headers=shop).status_code
+            )
+        )
+        poll.start()
+        threading.Event().wait(0.7)
+        # Another token, but the same server: its one place is taken.
+        problem(
+            client.get("/api/v1/listings/waiting?wait=2", headers=bearer(tokens.alice)), 429, "too_many_waits"
+        )
+        poll.join()
+        assert answers == [200]

@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from common.db import Database
-from common.jobs.embed import split_suspects
+from common.jobs.claims import split_suspects
 from common.listings.events import ListingEvent, record_listing
 from common.moderation.labels import label_expression
 from common.schema import Listing, ListingStatus, ModeratorDecision, Suggestion

@@ -7,7 +7,8 @@ import hashlib
 from sqlalchemy import select
 
 from common.db import Database
-from common.jobs.embed import Claimed, EmbedPipeline
+from common.jobs.claims import Claimed
+from common.jobs.embed import EmbedPipeline
 from common.jobs.explain import explain_listings
 from common.listings.events import ListingEvent, record_listing
 from common.object_store import ObjectStore

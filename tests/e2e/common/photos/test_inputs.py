@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from common.jobs.embed import Claimed, EmbedPipeline
+from common.jobs.claims import Claimed
+from common.jobs.embed import EmbedPipeline
 from common.photos.decode import decode_image
 from common.photos.failures import FailureReason, Fault, ImageRejected
 from common.photos.fetch import fetch_http, fetch_image_bytes
