@@ -9,7 +9,9 @@ it, never one above (checked by tests/unit/test_layers.py):
     suggestions        clusters, scorers, model, policy, fitting, corpus, rows
     vision, moderation the backbone and its transforms; the review queue and decisions
     runtime            settings, database, publisher and store of one process
+    webhooks           listing events to the sources' receivers: outbox rows, signed POSTs
     delivery, photos   queues, publisher, outbox, sweep; failures, urls, fetch, decode
+    sources            the marketplaces listings come from; a listing found by its external id
     schema, db, object_store
     settings
 
@@ -21,7 +23,9 @@ the operator's tooling) may import all three; `common/` imports none of them.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("settings",),
     ("schema", "db", "object_store"),
+    ("sources",),
     ("delivery", "photos"),
+    ("webhooks",),
     ("runtime",),
     ("vision", "moderation"),
     ("suggestions",),

@@ -22,7 +22,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -63,11 +63,33 @@ class ListingStatus(enum.StrEnum):
 TERMINAL_STATUSES = (ListingStatus.suggested, ListingStatus.reviewed, ListingStatus.failed)
 
 
+# The source today's listings and tokens were given by migration 0011, and the one a listing or
+# an ingest token belongs to when none is named.
+DEFAULT_SOURCE_ID = 1
+
+
+class Source(Base):
+    """Where listings come from: a marketplace or a storefront, holding its own ingest tokens.
+
+    A source's token sees only its source's listings; moderators and the taxonomy are shared.
+    """
+
+    __tablename__ = "source"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class Listing(Base):
     __tablename__ = "listing"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    external_id: Mapped[str] = mapped_column(String(200), unique=True)
+    source_id: Mapped[int] = mapped_column(
+        ForeignKey("source.id"), default=DEFAULT_SOURCE_ID, server_default=text(str(DEFAULT_SOURCE_ID))
+    )
+    # The source's own id for the listing: unique within its source only.
+    external_id: Mapped[str] = mapped_column(String(200), index=True)
     image_url: Mapped[str] = mapped_column(Text)
     image_sha256: Mapped[str | None] = mapped_column(String(64))
     seller_category: Mapped[str | None] = mapped_column(String(200))
@@ -97,6 +119,7 @@ class Listing(Base):
     suggestion: Mapped[Suggestion | None] = relationship(back_populates="listing", uselist=False)
 
     __table_args__ = (
+        UniqueConstraint("source_id", "external_id", name="uq_listing_source_external"),
         Index("ix_listing_status_enqueued", "status", "enqueued_at"),
         Index("ix_listing_unsent", "status", "updated_at", postgresql_where=text("enqueued_at IS NULL")),
     )
@@ -287,6 +310,8 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     # The moderator a review token acts as (its account's state is checked on every use).
     account_id: Mapped[int | None] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
+    # The source an ingest token sends for and reads from (None for a review token).
+    source_id: Mapped[int | None] = mapped_column(ForeignKey("source.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     # Refused from then on: a set expiry, the end of a rotation's overlap, or now (revoked).
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -318,3 +343,51 @@ class ReviewLease(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # The listing's revision claimed: a new photo ends the claim, and a decision under it is refused.
     revision: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+
+
+class WebhookSubscription(Base):
+    """A receiver of a source's listing events (`common.webhooks`); `secret` signs every delivery."""
+
+    __tablename__ = "webhook_subscription"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("source.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    # A shared secret, kept as given: the HMAC that signs a delivery needs it, not a hash of it.
+    secret: Mapped[str] = mapped_column(String(100))
+    events: Mapped[list[str]] = mapped_column(ARRAY(String(40)))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Paused or removed by an operator: nothing more is recorded for it, nothing more sent.
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+_PENDING = text("status = 'pending'")
+
+
+class WebhookDelivery(Base):
+    """One event for one subscription: the outbox row, written with the change it reports."""
+
+    __tablename__ = "webhook_delivery"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("webhook_subscription.id", ondelete="CASCADE"))
+    # No foreign key: the delivery log outlives a deleted listing.
+    listing_id: Mapped[int] = mapped_column(BigInteger)
+    external_id: Mapped[str] = mapped_column(String(200))
+    event: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(16), server_default=text("'pending'"))  # | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Not tried before then: the backoff, or the lease of a sender that has it in hand.
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_status: Mapped[int | None] = mapped_column(Integer)  # the receiver's last HTTP status
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_webhook_due", "next_attempt_at", postgresql_where=_PENDING),
+        # The sender's "nothing earlier still pending for this listing" check; the log's reads.
+        Index("ix_webhook_chain", "subscription_id", "listing_id", "id", postgresql_where=_PENDING),
+        Index("ix_webhook_subscription_log", "subscription_id", "id"),
+    )

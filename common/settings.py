@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic.functional_validators import BeforeValidator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ def _split_list(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
+
+
+# A list given as one comma-separated variable (`a.example,b.example:8080`).
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 
 
 def _group_config(prefix: str = ENV_PREFIX) -> SettingsConfigDict:
@@ -166,25 +171,14 @@ class PhotoSettings(Group):
     max_image_side: int = Field(16_384, ge=64)
     # Deadline for one photo's whole download (every redirect and byte), not for each read.
     fetch_timeout: float = Field(10.0, gt=0, le=300)
-    allowed_image_formats: Annotated[list[str], NoDecode] = ["JPEG", "PNG", "WEBP", "BMP", "GIF"]
+    allowed_image_formats: CommaList = ["JPEG", "PNG", "WEBP", "BMP", "GIF"]
     # Empty: any public host. Otherwise only these hosts (exact, or a ".suffix" entry).
-    fetch_allowed_hosts: Annotated[list[str], NoDecode] = []
+    fetch_allowed_hosts: CommaList = []
     # Hosts that may resolve to private or loopback addresses (an internal image store), each as
     # `host:port` (only that port) or `host` (only ports 80 and 443).
-    fetch_private_hosts: Annotated[list[str], NoDecode] = []
+    fetch_private_hosts: CommaList = []
     # Buckets of our object store that listing photos may come from, besides `images_bucket`.
-    fetch_allowed_buckets: Annotated[list[str], NoDecode] = []
-
-    @field_validator(
-        "allowed_image_formats",
-        "fetch_allowed_hosts",
-        "fetch_private_hosts",
-        "fetch_allowed_buckets",
-        mode="before",
-    )
-    @classmethod
-    def _comma_separated(cls, value: object) -> object:
-        return _split_list(value)
+    fetch_allowed_buckets: CommaList = []
 
     @field_validator("allowed_image_formats")
     @classmethod
@@ -238,6 +232,14 @@ class DeliverySettings(Group):
     # hands it to another worker: how long a killed worker's messages wait. Live workers renew
     # theirs every quarter of this, however long their batch takes.
     visibility_timeout: float = Field(60.0, ge=10, le=86_400)
+    # Webhooks (`common.webhooks`): seconds between the sender's looks for due deliveries, how long
+    # a delivery is tried again after its event (then it is `failed`), and each POST's deadline.
+    webhook_interval: float = Field(2.0, gt=0, le=3600)
+    webhook_retry_for: float = Field(86_400.0, gt=0, le=30 * 86_400)
+    webhook_timeout: float = Field(5.0, gt=0, le=60)
+    # Receivers that may resolve to private or loopback addresses, as `host:port` or `host` (ports
+    # 80 and 443), like VITRINE_FETCH_PRIVATE_HOSTS; none by default: the SSRF guard refuses them.
+    webhook_private_hosts: CommaList = []
 
 
 class ExplainSettings(Group):

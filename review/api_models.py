@@ -138,7 +138,8 @@ class DecisionView(Model):
 
 
 class ListingView(Model):
-    external_id: str
+    source: str = Field(description="The source (marketplace, storefront) the listing belongs to")
+    external_id: str = Field(description="The source's own id of the listing, unique within the source")
     status: Literal["queued", "embedded", "suggested", "reviewed", "failed"]
     title: str | None
     seller_category: str | None
@@ -160,12 +161,14 @@ class ListingPage(Model):
 
 
 class Claimed(Model):
+    source: str
     external_id: str
     lease_expires_at: str
 
 
 class DecisionMade(Model):
     id: int
+    source: str
     external_id: str
     action: str
     category: str | None
@@ -173,6 +176,7 @@ class DecisionMade(Model):
 
 class UndoMade(Model):
     id: int
+    source: str
     external_id: str
     reverts: int | None
 

@@ -29,7 +29,7 @@ from review import problems
 from review.auth import PasswordHashing, Reader, Sessions, SignInRequired, SignInThrottle
 from review.limits import Limits
 from review.metrics import AppMetrics
-from review.routes import api_docs, desk, listings, pages, review_api
+from review.routes import api_docs, desk, listings, pages, review_api, webhooks
 
 # A request id from outside is kept if it looks like one (a proxy's UUID or trace id).
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -79,6 +79,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.metrics = metrics = AppMetrics()
     app.include_router(listings.router)
     app.include_router(review_api.router)
+    app.include_router(webhooks.router)
     app.include_router(pages.router)
     app.include_router(desk.router)
 

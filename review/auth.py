@@ -22,10 +22,13 @@ from typing import Any, TypeVar
 import redis
 from fastapi import Depends, HTTPException, Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy.orm import Session
 
 from common.moderation.accounts import Identity, session_account, token_identity
 from common.runtime import Runtime
+from common.schema import DEFAULT_SOURCE_ID, TokenScope
 from common.settings import ConfigError, Settings
+from common.sources.registry import SourceError, source_id_named
 
 SESSION_COOKIE = "vitrine_session"
 CSRF_HEADER = "x-csrf-token"
@@ -258,6 +261,34 @@ def api_identity(*scopes: str) -> Callable[[Request], Identity]:
         return identity
 
     return dependency
+
+
+class OutsideScope(LookupError):
+    """The source named is not one the caller may see (or none of that name): answered as if
+    the listing were absent, so that a token cannot learn what other sources hold."""
+
+
+def source_scope(session: Session, identity: Identity, source: str | None) -> int | None:
+    """The source whose listings the caller means: an ingest token's own, whatever it names; for
+    a moderator, the source named, or None (any source's)."""
+    if identity.scope == TokenScope.ingest:
+        own = identity.source_id if identity.source_id is not None else DEFAULT_SOURCE_ID
+        if source is not None and source_id_or_none(session, source) != own:
+            raise OutsideScope(source)
+        return own
+    if source is None:
+        return None
+    found = source_id_or_none(session, source)
+    if found is None:
+        raise OutsideScope(source)
+    return found
+
+
+def source_id_or_none(session: Session, name: str) -> int | None:
+    try:
+        return source_id_named(session, name)
+    except SourceError:
+        return None
 
 
 def page_identity(request: Request) -> Identity:

@@ -27,6 +27,7 @@ from sqlalchemy import text  # noqa: E402
 from common.db import Database, drop_database, migrate  # noqa: E402
 from common.object_store import ObjectStore  # noqa: E402
 from common.runtime import Runtime  # noqa: E402
+from common.schema import DEFAULT_SOURCE_ID  # noqa: E402
 from common.settings import Settings, with_environment  # noqa: E402
 from common.vision.backbone import Backbone  # noqa: E402
 from vitrine.local.services import LocalServices, create_scratch_database, port_open  # noqa: E402
@@ -39,6 +40,8 @@ SHARED = ROOT.parent / "shared"
 FLIPKART = SHARED / "data" / "flipkart"
 LITE0_WEIGHTS = SHARED / "weights" / "efficientnet_lite0.safetensors"
 TABLES = (
+    "webhook_delivery",
+    "webhook_subscription",
     "review_lease",
     "api_token",
     "account_session",
@@ -141,6 +144,8 @@ def child_env(service_env: dict[str, str]) -> dict[str, str]:
 def clean_db(db: Database, service_env: dict[str, str]) -> Iterator[None]:
     with db.engine.begin() as connection:
         connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        # Every source but the default one, which the migrations made and the code relies on.
+        connection.execute(text("DELETE FROM source WHERE id <> :default"), {"default": DEFAULT_SOURCE_ID})
     redis.Redis.from_url(service_env["VITRINE_BROKER_URL"]).flushdb()
     yield
 

@@ -1,4 +1,4 @@
-"""The Celery application: Redis transport, late acks, queues `embed`, `explain` and `refit`.
+"""The Celery application: Redis transport, late acks, queues `embed`, `explain`, `refit`, `webhooks`.
 
 Importing this module reads no settings. The process's settings are read once, when Celery first
 needs its configuration (the start of a worker, beat or Flower), and kept in `runtime()`.
@@ -12,14 +12,23 @@ from typing import Any
 
 from celery import Celery
 
-from common.delivery.queues import EMBED_QUEUE, REFIT_QUEUE, REFIT_TASK, SWEEP_TASK, declarations, routes
+from common.delivery.queues import (
+    EMBED_QUEUE,
+    REFIT_QUEUE,
+    REFIT_TASK,
+    SWEEP_TASK,
+    WEBHOOK_QUEUE,
+    WEBHOOK_TASK,
+    declarations,
+    routes,
+)
 from common.runtime import Runtime
 from common.settings import Settings, load_settings
 from workers import logging_setup  # its logging signal handlers, for workers and beat
 
 RESTORE_SCAN_SECONDS = 5
 
-app = Celery("vitrine", include=["workers.embed", "workers.explain", "workers.refit"])
+app = Celery("vitrine", include=["workers.embed", "workers.explain", "workers.refit", "workers.webhooks"])
 
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
@@ -73,6 +82,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": SWEEP_TASK,
                 "schedule": timedelta(seconds=settings.delivery.sweep_interval),
                 "options": {"queue": REFIT_QUEUE, "expires": settings.delivery.sweep_interval},
+            },
+            "send-webhooks": {
+                "task": WEBHOOK_TASK,
+                "schedule": timedelta(seconds=settings.delivery.webhook_interval),
+                "options": {"queue": WEBHOOK_QUEUE, "expires": settings.delivery.webhook_interval},
             },
         },
     }

@@ -7,12 +7,15 @@ from kombu import Exchange, Queue
 EMBED_QUEUE = "embed"
 EXPLAIN_QUEUE = "explain"
 REFIT_QUEUE = "refit"
-QUEUES = (EMBED_QUEUE, EXPLAIN_QUEUE, REFIT_QUEUE)
+# Webhook sends: a queue of their own, so a slow receiver never waits behind a refit (or delays one).
+WEBHOOK_QUEUE = "webhooks"
+QUEUES = (EMBED_QUEUE, EXPLAIN_QUEUE, REFIT_QUEUE, WEBHOOK_QUEUE)
 
 EMBED_TASK = "vitrine.embed_listings"
 EXPLAIN_TASK = "vitrine.explain_listings"
 REFIT_TASK = "vitrine.refit"
 SWEEP_TASK = "vitrine.sweep_stale"
+WEBHOOK_TASK = "vitrine.send_webhooks"
 # A retried message carries how many times its work was tried before, as the keyword `retry`.
 RETRY_KWARG = "retry"
 RETRY_BASE_SECONDS = 5.0
@@ -35,4 +38,5 @@ def routes() -> dict[str, dict[str, str]]:
         EXPLAIN_TASK: {"queue": EXPLAIN_QUEUE},
         REFIT_TASK: {"queue": REFIT_QUEUE},
         SWEEP_TASK: {"queue": REFIT_QUEUE},
+        WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
     }

@@ -38,6 +38,8 @@ from common.suggestions.model import SuggestionModel
 from common.suggestions.rows import explanation_wanted, load_suggestion_model, upsert_suggestions
 from common.vision.backbone import Backbone
 from common.vision.batch import Prepared, embed_prepared, prepare_batch
+from common.webhooks import LISTING_FAILED
+from common.webhooks.events import record_events
 
 log = logging.getLogger(__name__)
 
@@ -344,3 +346,4 @@ def mark_failed(session: Session, listing_id: int, reason: str, detail: str) -> 
             claimed_at=None,
         )
     )
+    record_events(session, [listing_id], LISTING_FAILED)

@@ -16,7 +16,16 @@ from sqlalchemy.orm import Session
 
 from common.listings.events import CONTROL, NUL, new_revision
 from common.photos.urls import parse_s3_url
-from common.schema import Embedding, Listing, ListingStatus, ModeratorDecision, ReviewLease, Suggestion
+from common.schema import (
+    DEFAULT_SOURCE_ID,
+    Embedding,
+    Listing,
+    ListingStatus,
+    ModeratorDecision,
+    ReviewLease,
+    Suggestion,
+)
+from common.sources.registry import find_listing
 
 
 class ListingChanges(BaseModel):
@@ -49,11 +58,11 @@ class Changed:
     queued: bool  # to be scored again (its photo's vector is kept)
 
 
-def change_listing(session: Session, external_id: str, changes: ListingChanges) -> Changed | None:
-    """Apply the changes; None when there is no such listing."""
-    listing = session.execute(
-        select(Listing).where(Listing.external_id == external_id).with_for_update()
-    ).scalar_one_or_none()
+def change_listing(
+    session: Session, external_id: str, changes: ListingChanges, source_id: int = DEFAULT_SOURCE_ID
+) -> Changed | None:
+    """Apply the changes to the source's listing; None when it has no such listing."""
+    listing = find_listing(session, external_id, source_id, for_update=True)
     if listing is None:
         return None
     wanted = {name: getattr(changes, name) for name in changes.model_fields_set}
@@ -84,13 +93,16 @@ def change_listing(session: Session, external_id: str, changes: ListingChanges) 
 
 
 def delete_listing(
-    session: Session, external_id: str, images_bucket: str, overlays_bucket: str
+    session: Session,
+    external_id: str,
+    images_bucket: str,
+    overlays_bucket: str,
+    source_id: int = DEFAULT_SOURCE_ID,
 ) -> list[tuple[str, str]] | None:
-    """Remove the listing and everything made from it; the (bucket, key) of its objects to delete
-    (overlays, heatmaps, and the photo when it was uploaded to our images bucket). None when absent."""
-    listing = session.execute(
-        select(Listing).where(Listing.external_id == external_id).with_for_update()
-    ).scalar_one_or_none()
+    """Remove the source's listing and everything made from it; the (bucket, key) of its objects
+    to delete (overlays, heatmaps, and the photo when it was uploaded to our images bucket). None
+    when the source has no such listing."""
+    listing = find_listing(session, external_id, source_id, for_update=True)
     if listing is None:
         return None
     objects: list[tuple[str, str]] = []

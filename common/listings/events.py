@@ -19,7 +19,7 @@ from common.delivery.publisher import BROKER_ERRORS
 from common.photos.failures import ImageRejected
 from common.photos.urls import check_object_allowed, parse_s3_url
 from common.runtime import Runtime
-from common.schema import Listing, ListingStatus, ReviewLease, Suggestion
+from common.schema import DEFAULT_SOURCE_ID, Listing, ListingStatus, ReviewLease, Suggestion
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,8 @@ class Published:
     outcome: Outcome
 
 
-def record_listing(session: Session, event: ListingEvent) -> Published:
-    """Upsert the listing row. Same listing and image again: nothing changes.
+def record_listing(session: Session, event: ListingEvent, source_id: int = DEFAULT_SOURCE_ID) -> Published:
+    """Upsert the listing row of `source_id`. Same listing and image again: nothing changes.
 
     A new image for a known listing, or the same image after a failure, queues it again. The
     row's `enqueued_at` stays NULL until its message is known to be sent.
@@ -131,6 +131,7 @@ def record_listing(session: Session, event: ListingEvent) -> Published:
     inserted = session.execute(
         insert(Listing)
         .values(
+            source_id=source_id,
             external_id=event.external_id,
             image_url=event.image_url,
             seller_category=event.seller_category,
@@ -139,14 +140,16 @@ def record_listing(session: Session, event: ListingEvent) -> Published:
             attempts=0,
             enqueued_at=None,
         )
-        .on_conflict_do_nothing(index_elements=["external_id"])
+        .on_conflict_do_nothing(index_elements=["source_id", "external_id"])
         .returning(Listing.id)
     ).scalar_one_or_none()
     if inserted is not None:
         return Published(inserted, event.external_id, "created")
 
     listing = session.execute(
-        select(Listing).where(Listing.external_id == event.external_id).with_for_update()
+        select(Listing)
+        .where(Listing.source_id == source_id, Listing.external_id == event.external_id)
+        .with_for_update()
     ).scalar_one()
     same_image = listing.image_url == event.image_url
     if same_image and listing.status != ListingStatus.failed:
@@ -197,7 +200,9 @@ def new_revision(session: Session, listing: Listing) -> None:
     )
 
 
-def record_listings(session: Session, events: list[ListingEvent]) -> list[Published]:
+def record_listings(
+    session: Session, events: list[ListingEvent], source_id: int = DEFAULT_SOURCE_ID
+) -> list[Published]:
     """`record_listing` for many events, in their order: new listings by one INSERT statement.
 
     Only the events whose listing exists already (or repeats within the list) take the row-by-row
@@ -205,6 +210,7 @@ def record_listings(session: Session, events: list[ListingEvent]) -> list[Publis
     """
     rows = [
         {
+            "source_id": source_id,
             "external_id": e.external_id,
             "image_url": e.image_url,
             "seller_category": e.seller_category,
@@ -219,7 +225,7 @@ def record_listings(session: Session, events: list[ListingEvent]) -> list[Publis
     # ("insertmanyvalues"), so a list of 500 costs a round trip or two, not 500.
     inserted = session.execute(
         insert(Listing)
-        .on_conflict_do_nothing(index_elements=["external_id"])
+        .on_conflict_do_nothing(index_elements=["source_id", "external_id"])
         .returning(Listing.id, Listing.external_id),
         rows,
     )
@@ -230,12 +236,14 @@ def record_listings(session: Session, events: list[ListingEvent]) -> list[Publis
         if listing_id is not None:
             results.append(Published(listing_id, event.external_id, "created"))
         else:
-            results.append(record_listing(session, event))
+            results.append(record_listing(session, event, source_id))
     return results
 
 
-def publish_listings(runtime: Runtime, events: Iterable[ListingEvent]) -> list[Published]:
-    """Commit the rows first, then send one message per listing that needs work.
+def publish_listings(
+    runtime: Runtime, events: Iterable[ListingEvent], source_id: int = DEFAULT_SOURCE_ID
+) -> list[Published]:
+    """Commit the rows (of `source_id`) first, then send one message per listing that needs work.
 
     Raises `ListingRefused` (writing nothing) when any event is not acceptable here; callers
     that want per-event answers check `refusal()` first.
@@ -246,7 +254,7 @@ def publish_listings(runtime: Runtime, events: Iterable[ListingEvent]) -> list[P
         if refused is not None:
             raise refused
     with runtime.db.transaction() as session:
-        results = record_listings(session, events)
+        results = record_listings(session, events, source_id)
     # Only after the commit: a worker must always find the row its message names. Should this
     # process die before the send, or the broker be away, the sweep sends what stayed unsent.
     waiting = [r.listing_id for r in results if r.outcome != "unchanged"]
@@ -266,9 +274,10 @@ def publish_listing(
     image_url: str,
     seller_category: str | None = None,
     title: str | None = None,
+    source_id: int = DEFAULT_SOURCE_ID,
 ) -> Published:
     """Publish one listing event; safe to call again with the same arguments."""
     event = ListingEvent(
         external_id=external_id, image_url=image_url, seller_category=seller_category, title=title
     )
-    return publish_listings(runtime, [event])[0]
+    return publish_listings(runtime, [event], source_id)[0]

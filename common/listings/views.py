@@ -13,27 +13,34 @@ from sqlalchemy.orm import Session
 
 from common.moderation.decisions import decision_of, standing_decisions
 from common.moderation.labels import label_expression
-from common.schema import Embedding, Listing, ModeratorDecision, Suggestion
+from common.schema import Embedding, Listing, ModeratorDecision, Source, Suggestion
+from common.sources.registry import find_listing, source_names
 
 MAX_WAIT = 30.0
 # Between two looks at a listing awaited by a client (`?wait=`): each look is a short transaction.
 WAIT_POLL = 0.2
 
 
-def listing_view(session: Session, external_id: str) -> dict[str, Any] | None:
+def listing_view(session: Session, external_id: str, source_id: int | None = None) -> dict[str, Any] | None:
     """The listing's state, suggestion and standing decision; None when unknown.
 
+    `source_id`: the caller's source (an ingest token), None for a moderator, who may read any
+    source's listing (`AmbiguousListing` when several have this external id).
     `overlay_key` / `heatmap_key` are object keys; the caller turns them into URLs.
     """
-    row = session.execute(
-        select(Listing, Suggestion)
-        .outerjoin(Suggestion, Suggestion.listing_id == Listing.id)
-        .where(Listing.external_id == external_id)
-    ).first()
-    if row is None:
-        return None
-    listing, suggestion = row
-    return _view(listing, suggestion, decision_of(session, listing.id))
+    listing = find_listing(session, external_id, source_id)
+    return None if listing is None else view_of(session, listing)
+
+
+def view_of(session: Session, listing: Listing | int) -> dict[str, Any]:
+    """`listing_view` of a listing row, or of the listing of this id."""
+    if isinstance(listing, int):
+        listing = session.get_one(Listing, listing)
+    suggestion = session.execute(
+        select(Suggestion).where(Suggestion.listing_id == listing.id)
+    ).scalar_one_or_none()
+    source = source_names(session, {listing.source_id})[listing.source_id]
+    return _view(listing, source, suggestion, decision_of(session, listing.id))
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class ListingFilter:
     status: str | None = None
     needs_review: bool | None = None
     updated_since: datetime | None = None
+    source_id: int | None = None  # None: every source's (a moderator's page)
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,13 @@ def listing_page(
     """Up to `limit` listings in the order they were last changed (then id), after the cursor;
     and the cursor of the next page, None when this one is the last. A client that keeps the
     last cursor and asks again later gets what changed since (a status, a photo, a decision)."""
-    query = select(Listing, Suggestion).outerjoin(Suggestion, Suggestion.listing_id == Listing.id)
+    query = (
+        select(Listing, Source.name, Suggestion)
+        .join(Source, Source.id == Listing.source_id)
+        .outerjoin(Suggestion, Suggestion.listing_id == Listing.id)
+    )
+    if where.source_id is not None:
+        query = query.where(Listing.source_id == where.source_id)
     if where.status is not None:
         query = query.where(Listing.status == where.status)
     if where.needs_review is not None:
@@ -85,18 +99,21 @@ def listing_page(
         )
     rows = session.execute(query.order_by(Listing.updated_at, Listing.id).limit(limit + 1)).all()
     page = rows[:limit]
-    decisions = {d.listing_id: d for d in standing_decisions(session, [listing.id for listing, _ in page])}
-    views = [_view(listing, suggestion, decisions.get(listing.id)) for listing, suggestion in page]
+    decisions = {d.listing_id: d for d in standing_decisions(session, [row[0].id for row in page])}
+    views = [
+        _view(listing, source, suggestion, decisions.get(listing.id)) for listing, source, suggestion in page
+    ]
     last = page[-1][0] if page else None
     following = Cursor(last.updated_at, last.id) if last is not None and len(rows) > limit else None
     return views, following
 
 
 def _view(
-    listing: Listing, suggestion: Suggestion | None, decision: ModeratorDecision | None
+    listing: Listing, source: str, suggestion: Suggestion | None, decision: ModeratorDecision | None
 ) -> dict[str, Any]:
     return {
         "id": listing.id,
+        "source": source,
         "external_id": listing.external_id,
         "status": listing.status,
         "title": listing.title,

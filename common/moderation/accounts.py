@@ -14,6 +14,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from common.schema import Account, AccountRole, AccountSession, ApiToken, TokenScope
+from common.sources.registry import SourceError, source_id_named
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
 MIN_PASSWORD = 8
@@ -37,6 +38,8 @@ class Identity:
     name: str
     role: str | None  # the account's role; None for an ingest token (a marketplace, no account)
     scope: str  # "session" for a browser, else the token's scope
+    # An ingest token's source: the only listings it may send, read, change or delete.
+    source_id: int | None = None
 
 
 def _check_name(name: str) -> None:
@@ -101,23 +104,44 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def add_token(session: Session, name: str, scope: str, expires_in: timedelta | None = None) -> str:
-    """Store a new token's hash and return the token itself (shown once, never stored)."""
+def add_token(
+    session: Session,
+    name: str,
+    scope: str,
+    expires_in: timedelta | None = None,
+    source: str | int | None = None,
+) -> str:
+    """Store a new token's hash and return the token itself (shown once, never stored).
+
+    An ingest token belongs to `source` (a name or an id; the default source when None); a
+    review token to no source: moderators work for the whole deployment.
+    """
     if scope not in set(TokenScope):
         raise AccountError(f"scope {scope!r}: must be one of {', '.join(TokenScope)}")
-    account_id = None
+    account_id = source_id = None
     if scope == TokenScope.review:
+        if source is not None:
+            raise AccountError("a review token acts for every source: --source is for ingest tokens")
         account = session.execute(select(Account).where(Account.name == name)).scalar_one_or_none()
         if account is None or account.disabled_at is not None:
             raise AccountError(f"a review token acts as a moderator: no enabled user {name!r}")
         account_id = account.id
     else:
         _check_name(name)
+        try:
+            source_id = source if isinstance(source, int) else source_id_named(session, source)
+        except SourceError as error:
+            raise AccountError(str(error)) from None
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     expires_at = datetime.now(UTC) + expires_in if expires_in is not None else None
     session.add(
         ApiToken(
-            name=name, scope=scope, token_hash=_digest(token), account_id=account_id, expires_at=expires_at
+            name=name,
+            scope=scope,
+            token_hash=_digest(token),
+            account_id=account_id,
+            source_id=source_id,
+            expires_at=expires_at,
         )
     )
     session.flush()
@@ -161,7 +185,7 @@ def rotate_token(session: Session, token_id: int, overlap: timedelta) -> str:
     if old.scope == TokenScope.review:
         account = session.get(Account, old.account_id)
         name = account.name if account is not None else name
-    token = add_token(session, name, old.scope, lifetime)
+    token = add_token(session, name, old.scope, lifetime, old.source_id)
     ends = datetime.now(UTC) + overlap
     old.expires_at = min(old.expires_at, ends) if old.expires_at is not None else ends
     return token
@@ -193,7 +217,7 @@ def token_identity(session: Session, token: str) -> Identity | None:
     if api_token.scope == TokenScope.review:
         assert account is not None
         return Identity(account.name, account.role, api_token.scope)
-    return Identity(api_token.name, None, api_token.scope)
+    return Identity(api_token.name, None, api_token.scope, api_token.source_id)
 
 
 # --- browser sessions ------------------------------------------------------------------------

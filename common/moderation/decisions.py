@@ -19,8 +19,12 @@ from common.schema import (
     ListingStatus,
     ModeratorDecision,
     ReviewLease,
+    Source,
     Suggestion,
 )
+from common.sources.registry import SourceError, ambiguous, candidates, source_id_named
+from common.webhooks import LISTING_NEEDS_REVIEW, LISTING_REVIEWED
+from common.webhooks.events import record_event
 
 MAX_NOTE = 2000
 
@@ -54,13 +58,32 @@ class Invalid(ReviewError):
     code = "invalid"
 
 
-def _listing_for_update(session: Session, external_id: str) -> Listing:
-    listing = session.execute(
-        select(Listing).where(Listing.external_id == external_id).with_for_update()
-    ).scalar_one_or_none()
-    if listing is None:
+def named_source(session: Session, source: str | None) -> int | None:
+    """The id of the source a moderator named (None: any source); an unknown one is a 404."""
+    if source is None:
+        return None
+    try:
+        return source_id_named(session, source)
+    except SourceError:
+        raise NotFound(f"no source {source!r}", "source") from None
+
+
+def _listing_for_update(session: Session, external_id: str, source_id: int | None, mine: Any) -> Listing:
+    """The listing a moderator means by this external id, locked.
+
+    Moderators work for every source: where several sources have a listing of this id and no
+    source is named, the one `mine` selects (the moderator's claim, or their decision) is meant;
+    if that does not tell them apart either, 409 `ambiguous_listing`.
+    """
+    found = candidates(session, external_id, source_id, for_update=True)
+    if not found:
         raise NotFound(f"no listing {external_id!r}", "external_id")
-    return listing
+    if len(found) > 1:
+        theirs = set(session.execute(mine.where(Listing.id.in_([f.id for f in found]))).scalars())
+        found = [listing for listing in found if listing.id in theirs] or found
+    if len(found) > 1:
+        raise Conflict(str(ambiguous(session, found)), "source", "ambiguous_listing")
+    return found[0]
 
 
 def decide(
@@ -70,13 +93,22 @@ def decide(
     action: str,
     category: str | None = None,
     note: str | None = None,
+    source_id: int | None = None,
 ) -> ModeratorDecision:
-    """Record the moderator's decision on an item they claimed; 409 (`Conflict`) when it is not theirs."""
+    """Record the moderator's decision on an item they claimed; 409 (`Conflict`) when it is not theirs.
+
+    `source_id`: the listing's source, where the external id alone does not say (any source's).
+    """
     if action not in (Action.accept, Action.override, Action.skip):
         raise Invalid("action: must be accept, override or skip", "action")
     if note is not None and len(note) > MAX_NOTE:
         raise Invalid(f"note: at most {MAX_NOTE} characters", "note")
-    listing = _listing_for_update(session, external_id)
+    claimed = select(Listing.id).where(
+        ReviewLease.listing_id == Listing.id,
+        ReviewLease.moderator == moderator,
+        ReviewLease.expires_at > func.now(),
+    )
+    listing = _listing_for_update(session, external_id, source_id, claimed)
     suggestion = session.execute(
         select(Suggestion).where(Suggestion.listing_id == listing.id)
     ).scalar_one_or_none()
@@ -144,12 +176,19 @@ def decide(
         # category, confidence and `review_reason` stay as the model made them.
         suggestion.needs_review = False
     session.flush()
+    if action != Action.skip:  # a skip changes nothing a marketplace sees
+        record_event(session, listing, LISTING_REVIEWED)
     return decision
 
 
-def undo(session: Session, moderator: str, external_id: str, lease_seconds: int) -> ModeratorDecision:
+def undo(
+    session: Session, moderator: str, external_id: str, lease_seconds: int, source_id: int | None = None
+) -> ModeratorDecision:
     """Revert the moderator's last standing decision on the item; the item is theirs again."""
-    listing = _listing_for_update(session, external_id)
+    decided = select(Listing.id).where(
+        ModeratorDecision.listing_id == Listing.id, ModeratorDecision.moderator == moderator, standing()
+    )
+    listing = _listing_for_update(session, external_id, source_id, decided)
     last = session.execute(
         select(ModeratorDecision)
         .where(
@@ -203,6 +242,8 @@ def undo(session: Session, moderator: str, external_id: str, lease_seconds: int)
         )
     )
     session.flush()
+    if last.action != Action.skip:  # the listing waits for a moderator again
+        record_event(session, listing, LISTING_NEEDS_REVIEW)
     return row
 
 
@@ -244,8 +285,9 @@ def standing_decisions(session: Session, listing_ids: list[int]) -> list[Moderat
 def last_decision(session: Session, moderator: str) -> dict[str, Any] | None:
     """The moderator's newest decision that still stands (what `u` would undo)."""
     row = session.execute(
-        select(ModeratorDecision, Listing.external_id, Listing.title)
+        select(ModeratorDecision, Listing.external_id, Listing.title, Source.name)
         .join(Listing, Listing.id == ModeratorDecision.listing_id)
+        .join(Source, Source.id == Listing.source_id)
         .where(
             ModeratorDecision.moderator == moderator,
             ModeratorDecision.action != Action.undo,
@@ -256,8 +298,9 @@ def last_decision(session: Session, moderator: str) -> dict[str, Any] | None:
     ).first()
     if row is None:
         return None
-    decision, external_id, title = row
+    decision, external_id, title, source = row
     return {
+        "source": source,
         "external_id": external_id,
         "title": title,
         "action": decision.action,

@@ -167,16 +167,20 @@ def take_lease(
     return won is not None
 
 
-def held(session: Session, moderator: str, external_id: str) -> Lease | None:
-    """The moderator's live lease on this item, if they hold one."""
+def held(session: Session, moderator: str, external_id: str, source_id: int | None = None) -> Lease | None:
+    """The moderator's live lease on this item (of this source, or of any), if they hold one."""
+    of_source = [] if source_id is None else [Listing.source_id == source_id]
     row = session.execute(
         select(ReviewLease.listing_id, ReviewLease.expires_at)
         .join(Listing, Listing.id == ReviewLease.listing_id)
         .where(
             Listing.external_id == external_id,
+            *of_source,
             ReviewLease.moderator == moderator,
             ReviewLease.expires_at > datetime.now(UTC),
         )
+        .order_by(ReviewLease.expires_at.desc())
+        .limit(1)
     ).first()
     return None if row is None else Lease(row.listing_id, external_id, row.expires_at)
 

@@ -76,10 +76,20 @@ class Approved:
 
 
 def approve_url(url: str, settings: Settings) -> Approved:
-    """Validate an http(s) URL against the allow-list and refuse private targets.
+    """Validate a photo's http(s) URL against the allow-list and refuse private targets."""
+    return approve_target(
+        url,
+        allowed_hosts=settings.photos.fetch_allowed_hosts,
+        private_hosts=settings.photos.fetch_private_hosts,
+    )
+
+
+def approve_target(url: str, *, allowed_hosts: list[str], private_hosts: list[str]) -> Approved:
+    """The SSRF guard of every outgoing request (photos, webhooks): an http(s) URL, its host in
+    `allowed_hosts` when that is not empty, and no private address unless `private_hosts` names it.
 
     Resolution happens here so that a name pointing at a private or loopback address is refused
-    before any request is sent; the fetch then connects to the address approved here, not to a
+    before any request is sent; the request then connects to the address approved here, not to a
     second lookup (`common.photos.transport`).
     """
     parts = urlsplit(url)
@@ -90,7 +100,7 @@ def approve_url(url: str, settings: Settings) -> Approved:
         port = parts.port or DEFAULT_PORTS[parts.scheme]
     except ValueError:
         raise ImageRejected(FailureReason.invalid_url, f"bad port in {url!r}") from None
-    if settings.photos.fetch_allowed_hosts and not _host_matches(host, settings.photos.fetch_allowed_hosts):
+    if allowed_hosts and not _host_matches(host, allowed_hosts):
         raise ImageRejected(FailureReason.host_not_allowed, f"host {host!r} is not allowed")
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
@@ -98,7 +108,7 @@ def approve_url(url: str, settings: Settings) -> Approved:
         raise ImageRejected(FailureReason.fetch_failed, f"cannot resolve {host!r}: {error}") from None
     ordered = list(dict.fromkeys(str(info[4][0]) for info in infos))
     private = sorted(a for a in ordered if not is_public_address(a))
-    if private and not _private_host_allowed(host, port, settings.photos.fetch_private_hosts):
+    if private and not _private_host_allowed(host, port, private_hosts):
         raise ImageRejected(
             FailureReason.private_address,
             f"host {host!r} port {port} resolves to non-public address {private[0]}",

@@ -22,6 +22,8 @@ from common.suggestions.clusters import Clusters
 from common.suggestions.corpus import current_version, labelled_set
 from common.suggestions.model import Fitted, SuggestionModel, model_for_clusters
 from common.suggestions.policy import SuggestionRow, explanation_wanted, review_reason
+from common.webhooks import LISTING_NEEDS_REVIEW, LISTING_SUGGESTED
+from common.webhooks.events import record_events
 
 # Postgres accepts at most 65,535 bind parameters per statement; 1,000 rows stay well below.
 UPSERT_ROWS = 1_000
@@ -100,6 +102,7 @@ def upsert_suggestions(
     sellers: dict[int, str | None] = {}
     titles: dict[int, str | None] = {}
     current: dict[int, int] = {}
+    statuses: dict[int, str] = {}
     left_alone: set[int] = set()  # decided by a moderator, or of a photo replaced since
     for listing_id, status, seller_category, title, revision in session.execute(
         select(Listing.id, Listing.status, Listing.seller_category, Listing.title, Listing.revision).where(
@@ -109,6 +112,7 @@ def upsert_suggestions(
         sellers[listing_id] = seller_category
         titles[listing_id] = title
         current[listing_id] = revision
+        statuses[listing_id] = status
         replaced = revisions is not None and revisions.get(listing_id) != revision
         if status == ListingStatus.reviewed or replaced:
             left_alone.add(listing_id)
@@ -121,6 +125,7 @@ def upsert_suggestions(
                 Suggestion.clustering_version_id,
                 Suggestion.cluster,
                 Suggestion.category,
+                Suggestion.needs_review,
                 Suggestion.overlay_key,
                 Suggestion.heatmap_key,
                 Suggestion.explain_target,
@@ -175,7 +180,34 @@ def upsert_suggestions(
         results.append(SuggestionRow(listing_id, scored.category, scored.confidence, needs_review, kept))
     for start in range(0, len(rows), UPSERT_ROWS):
         _upsert_rows(session, rows[start : start + UPSERT_ROWS])
+    _record_outcomes(session, rows, previous, statuses)
     return results
+
+
+def _record_outcomes(
+    session: Session, rows: list[dict[str, Any]], previous: Mapping[int, Any], statuses: Mapping[int, str]
+) -> None:
+    """Webhook events for the listings whose outcome this changed: newly suggested (or of a new
+    photo), or a refit's new category or review flag. A refit that leaves a listing's outcome as
+    it was sends nothing, so a refit of the whole corpus is not a flood of events."""
+    changed: dict[str, list[int]] = {LISTING_SUGGESTED: [], LISTING_NEEDS_REVIEW: []}
+    for row in rows:
+        listing_id = row["listing_id"]
+        old = previous.get(listing_id)
+        status = statuses.get(listing_id)
+        if status not in (ListingStatus.queued, ListingStatus.embedded, ListingStatus.suggested):
+            continue  # the status update above left it alone (failed): no new outcome
+        same = (
+            status == ListingStatus.suggested
+            and old is not None
+            and old.revision == row["revision"]
+            and old.category == row["category"]
+            and old.needs_review == row["needs_review"]
+        )
+        if not same:
+            changed[LISTING_NEEDS_REVIEW if row["needs_review"] else LISTING_SUGGESTED].append(listing_id)
+    for event, ids in changed.items():
+        record_events(session, ids, event)
 
 
 def _overlay_columns(old: Any, kept: bool, needs_review: bool) -> dict[str, object]:

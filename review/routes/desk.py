@@ -23,7 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from common.listings.views import category_examples, labelled_neighbours, listing_view
+from common.listings.views import category_examples, labelled_neighbours, view_of
 from common.moderation import decisions, groups, queue
 from common.moderation.accounts import Identity
 from common.moderation.queue import Filters, Lease
@@ -60,9 +60,7 @@ def _wants_json(request: Request) -> bool:
 
 def _item(runtime: Runtime, session: Session, lease: Lease) -> dict[str, Any] | None:
     """What `_item.html` shows of one claimed item."""
-    item = listing_view(session, lease.external_id)
-    if item is None:
-        return None
+    item = view_of(session, lease.listing_id)
     suggestion = item["suggestion"] or {}
     stale = (
         {k: suggestion.get(f"previous_{k}") for k in ("overlay_key", "heatmap_key", "explain_target")}
@@ -109,7 +107,7 @@ def _progress(session: Session, moderator: str) -> dict[str, Any]:
         "minutes_left": round(60 * total / rate) if rate else None,
         "last": None
         if last is None
-        else {k: last[k] for k in ("external_id", "action", "category", "title") if k in last},
+        else {k: last[k] for k in ("source", "external_id", "action", "category", "title") if k in last},
     }
 
 
@@ -117,16 +115,15 @@ def _members(runtime: Runtime, session: Session, members: list[Lease]) -> list[d
     """What the desk shows of a group's members: a thumbnail each, and what they are."""
     shown = []
     for member in members:
-        view = listing_view(session, member.external_id)
-        if view is not None:
-            shown.append(
-                {
-                    "external_id": member.external_id,
-                    "title": view["title"],
-                    "photo": photo_url(runtime, view["image_url"]),
-                    "confidence": (view["suggestion"] or {}).get("confidence"),
-                }
-            )
+        view = view_of(session, member.listing_id)
+        shown.append(
+            {
+                "external_id": member.external_id,
+                "title": view["title"],
+                "photo": photo_url(runtime, view["image_url"]),
+                "confidence": (view["suggestion"] or {}).get("confidence"),
+            }
+        )
     return shown
 
 
@@ -264,6 +261,7 @@ async def _answer(
 async def decide(
     request: Request,
     external_id: str = Form(max_length=200),
+    source: str | None = Form(None, max_length=100),
     action: str = Form(max_length=16),
     category: str | None = Form(None, max_length=200),
     note: str | None = Form(None, max_length=decisions.MAX_NOTE),
@@ -285,13 +283,17 @@ async def decide(
     if action == "override" and not category:
         raise HTTPException(422, "category: required to override")
 
-    def work_on(target: str) -> Callable[[Session], None]:
+    def work_on(target: str, source: str | None = None) -> Callable[[Session], None]:
         def work(session: Session) -> None:
-            decisions.decide(session, identity.name, target, action, category or None, note or None)
+            source_id = decisions.named_source(session, source)
+            decisions.decide(
+                session, identity.name, target, action, category or None, note or None, source_id
+            )
 
         return work
 
-    refused = await _attempt(runtime, work_on(external_id))
+    # The item's source is sent with it: a moderator may hold two sources' items of one id.
+    refused = await _attempt(runtime, work_on(external_id, source or None))
     if refused is None:
         for other in member[: groups.MAX_MEMBERS]:
             if other != external_id:
@@ -304,6 +306,7 @@ async def decide(
 async def undo(
     request: Request,
     external_id: str = Form(max_length=200),
+    source: str | None = Form(None, max_length=100),
     filter_category: str | None = Form(None, max_length=200),
     filter_reason: Annotated[Reason | None, Form()] = None,
     filter_min_confidence: float | None = Form(None, ge=0, le=1),
@@ -317,14 +320,20 @@ async def undo(
     lease_seconds = runtime.settings.review.review_lease_seconds
 
     def work(session: Session) -> None:
-        decisions.undo(session, identity.name, external_id, lease_seconds)
+        decisions.undo(
+            session,
+            identity.name,
+            external_id,
+            lease_seconds,
+            decisions.named_source(session, source or None),
+        )
 
     filters = _filters(filter_category, filter_reason, filter_min_confidence, filter_max_confidence)
     refused = await _attempt(runtime, work)
     response = await _answer(request, runtime, identity.name, filters, refused)
     if refused is None and isinstance(response, JSONResponse):
         # The undone item is the moderator's again (undo leased it): the desk shows it first.
-        context = await run_in_threadpool(_held_item, runtime, identity.name, external_id)
+        context = await run_in_threadpool(_held_item, runtime, identity.name, external_id, source or None)
         if context is not None:
             context["filters"] = filters
         csrf = sessions_of(request).read(request).get("csrf", "")
@@ -343,9 +352,11 @@ def _progress_now(runtime: Runtime, moderator: str) -> dict[str, Any]:
         return _progress(session, moderator)
 
 
-def _held_item(runtime: Runtime, moderator: str, external_id: str) -> dict[str, Any] | None:
+def _held_item(
+    runtime: Runtime, moderator: str, external_id: str, source: str | None
+) -> dict[str, Any] | None:
     with runtime.db.transaction() as session:
-        lease = queue.held(session, moderator, external_id)
+        lease = queue.held(session, moderator, external_id, decisions.named_source(session, source))
         return None if lease is None else _item(runtime, session, lease)
 
 

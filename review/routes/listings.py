@@ -23,15 +23,19 @@ from common.listings.views import MAX_WAIT, WAIT_POLL, Cursor, ListingFilter, li
 from common.moderation.accounts import Identity
 from common.object_store import STORAGE_ERRORS, overlay_url
 from common.runtime import Runtime
-from common.schema import TERMINAL_STATUSES, ListingStatus
+from common.schema import DEFAULT_SOURCE_ID, TERMINAL_STATUSES, ListingStatus
+from common.sources.registry import AmbiguousListing
 from common.suggestions.corpus import cold_start
 from review.api_models import INGEST_BODY, IngestAnswer, ListingPage, ListingView, problems
-from review.auth import Ingest, Reader, runtime_of
+from review.auth import Ingest, OutsideScope, Reader, runtime_of, source_scope
 from review.idempotency import once
 from review.limits import Limits
 from review.problems import Problem, field_errors, pointer, read_json
 
 router = APIRouter(prefix="/api/v1", tags=["listings"])
+# An ingest token sees its own source only (naming another answers as if absent); a moderator
+# sees every source, and names one where two sources share an external id.
+SOURCE = Query(max_length=100, description="The listing's source (moderators; an ingest token's is its own)")
 log = logging.getLogger(__name__)
 MAX_ITEMS = 500
 
@@ -74,7 +78,7 @@ def _refused(index: int | None, external_id: str | None, errors: list[dict[str, 
     openapi_extra=INGEST_BODY,
     responses=problems(400, 401, 403, 413, 415, 422),
 )
-async def post_listings(request: Request, _: Identity = Ingest) -> Response:
+async def post_listings(request: Request, identity: Identity = Ingest) -> Response:
     """Each item `{external_id, image_url, seller_category?, title?}` is validated like `ListingEvent`;
     valid ones are recorded and queued, bad ones answered with every error, in order. 202 when
     at least one was accepted; 422 (problem details, every item's errors) when none was."""
@@ -82,13 +86,14 @@ async def post_listings(request: Request, _: Identity = Ingest) -> Response:
     body = await read_json(request, runtime.settings.review.max_body_bytes)
 
     async def ingest() -> Response:
-        return JSONResponse(await _ingest(request, runtime, body), status_code=202)
+        source_id = identity.source_id if identity.source_id is not None else DEFAULT_SOURCE_ID
+        return JSONResponse(await _ingest(request, runtime, body, source_id), status_code=202)
 
     # The bytes as sent (`read_json` keeps them): a retry's fingerprint is of the same bytes.
     return await once(request, request.state.raw_body, ingest)
 
 
-async def _ingest(request: Request, runtime: Runtime, body: Any) -> dict[str, Any]:
+async def _ingest(request: Request, runtime: Runtime, body: Any, source_id: int) -> dict[str, Any]:
     single = not isinstance(body, list)
     items = [body] if single else body
     if len(items) > MAX_ITEMS:
@@ -124,7 +129,9 @@ async def _ingest(request: Request, runtime: Runtime, body: Any) -> dict[str, An
         errors = [error for result in results for error in result["errors"]]
         detail = f"no listing accepted: {len(errors)} error(s) in {len(items)} item(s)"
         raise Problem(422, "no_listing_accepted", detail, errors)
-    published = await run_in_threadpool(publish_listings, runtime, [event for _, event in accepted])
+    published = await run_in_threadpool(
+        publish_listings, runtime, [event for _, event in accepted], source_id
+    )
     results += [
         {"index": index, "external_id": p.external_id, "outcome": p.outcome}
         for (index, _), p in zip(accepted, published, strict=True)
@@ -173,7 +180,8 @@ async def list_listings(
     ] = None,
     cursor: Annotated[str | None, Query(max_length=200, description="`next` of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_ITEMS)] = 100,
-    _: Identity = Reader,
+    source: Annotated[str | None, SOURCE] = None,
+    identity: Identity = Reader,
 ) -> dict[str, Any]:
     """Reconcile with Vitrine: read every page, keep the last `next`, and ask again with it later
     for what changed since (a status, a photo, a decision)."""
@@ -196,11 +204,15 @@ async def list_listings(
             ) from None
     if updated_since is not None and updated_since.tzinfo is None:
         updated_since = updated_since.replace(tzinfo=UTC)
-    where = ListingFilter(status, needs_review, updated_since)
     runtime = runtime_of(request)
 
     def read() -> tuple[list[dict[str, Any]], Cursor | None]:
         with runtime.db.transaction() as session:
+            try:
+                source_id = source_scope(session, identity, source)
+            except OutsideScope:
+                return [], None  # a source the caller may not see has, to it, no listings
+            where = ListingFilter(status, needs_review, updated_since, source_id)
             return listing_page(session, where, after, limit)
 
     views, following = await run_in_threadpool(read)
@@ -216,16 +228,18 @@ async def list_listings(
     operation_id="getListing",
     summary="A listing's status, suggestion and decision",
     response_model=ListingView,
-    responses=problems(401, 403, 404, 422),
+    responses=problems(401, 403, 404, 409, 422),
 )
 async def get_listing(
     request: Request,
     external_id: str,
     wait: float = Query(0, ge=0, le=MAX_WAIT, description="Seconds to wait for a terminal state."),
-    _: Identity = Reader,
+    source: Annotated[str | None, SOURCE] = None,
+    identity: Identity = Reader,
 ) -> dict[str, Any]:
     runtime = runtime_of(request)
-    view = await run_in_threadpool(_read_view, runtime, external_id)
+    scope = await run_in_threadpool(_scope, runtime, identity, source, external_id)
+    view = await run_in_threadpool(_read_view, runtime, external_id, scope)
     if wait > 0 and view is not None and view["status"] not in TERMINAL_STATUSES:
         limits: Limits = request.app.state.limits
         async with limits.long_poll(request):
@@ -235,15 +249,31 @@ async def get_listing(
             ):
                 await asyncio.sleep(min(WAIT_POLL, max(0.0, deadline - time.monotonic())))
                 # A fresh short transaction per look: no connection is held while it is awaited.
-                view = await run_in_threadpool(_read_view, runtime, external_id)
+                view = await run_in_threadpool(_read_view, runtime, external_id, scope)
     if view is None:
         raise _not_found(external_id)
     return _with_urls(runtime, view)
 
 
-def _read_view(runtime: Runtime, external_id: str) -> dict[str, Any] | None:
+def _scope(runtime: Runtime, identity: Identity, source: str | None, external_id: str) -> int | None:
     with runtime.db.transaction() as session:
-        view = listing_view(session, external_id)
+        try:
+            return source_scope(session, identity, source)
+        except OutsideScope:
+            raise _not_found(external_id) from None
+
+
+def _read_view(runtime: Runtime, external_id: str, source_id: int | None) -> dict[str, Any] | None:
+    with runtime.db.transaction() as session:
+        try:
+            view = listing_view(session, external_id, source_id)
+        except AmbiguousListing as error:
+            raise Problem(
+                409,
+                "ambiguous_listing",
+                str(error),
+                [{"pointer": "/query/source", "code": "ambiguous_listing", "detail": str(error)}],
+            ) from None
         if view is not None:
             view["pending_reason"] = pending_reason(session, runtime, view)
         return view
@@ -273,7 +303,7 @@ def pending_reason(session: Session, runtime: Runtime, view: dict[str, Any]) -> 
         }
     },
 )
-async def patch_listing(request: Request, external_id: str, _: Identity = Ingest) -> dict[str, Any]:
+async def patch_listing(request: Request, external_id: str, identity: Identity = Ingest) -> dict[str, Any]:
     """The fields sent change, the others stay. A change is a new revision: the listing is scored
     again (from its photo's stored vector: the photo is not fetched or embedded again) and, if it
     needs one, reviewed again; a moderator's decision on the old text no longer stands."""
@@ -294,9 +324,11 @@ async def patch_listing(request: Request, external_id: str, _: Identity = Ingest
             422, "invalid", "; ".join(f"{e['pointer']}: {e['detail']}" for e in errors), errors
         ) from None
 
+    source_id = identity.source_id if identity.source_id is not None else DEFAULT_SOURCE_ID
+
     def change() -> bool:
         with runtime.db.transaction() as session:
-            changed = change_listing(session, external_id, changes)
+            changed = change_listing(session, external_id, changes, source_id)
         if changed is None:
             return False
         if changed.queued:
@@ -307,7 +339,7 @@ async def patch_listing(request: Request, external_id: str, _: Identity = Ingest
 
     if not await run_in_threadpool(change):
         raise _not_found(external_id)
-    view = await run_in_threadpool(_read_view, runtime, external_id)
+    view = await run_in_threadpool(_read_view, runtime, external_id, source_id)
     if view is None:  # removed meanwhile
         raise _not_found(external_id)
     return _with_urls(runtime, view)
@@ -321,15 +353,16 @@ async def patch_listing(request: Request, external_id: str, _: Identity = Ingest
     response_model=None,
     responses={204: {"description": "Removed"}, **problems(401, 403, 404)},
 )
-async def delete_listing_route(request: Request, external_id: str, _: Identity = Ingest) -> Response:
+async def delete_listing_route(request: Request, external_id: str, identity: Identity = Ingest) -> Response:
     """Its rows (suggestion, embedding, decisions, claim) go with it; so do its overlays and, when
     it was uploaded to our images bucket and no other listing shows it, its photo."""
     runtime = runtime_of(request)
     store = runtime.settings.store
+    source_id = identity.source_id if identity.source_id is not None else DEFAULT_SOURCE_ID
 
     def remove() -> list[tuple[str, str]] | None:
         with runtime.db.transaction() as session:
-            return delete_listing(session, external_id, store.images_bucket, store.overlay_bucket)
+            return delete_listing(session, external_id, store.images_bucket, store.overlay_bucket, source_id)
 
     objects = await run_in_threadpool(remove)
     if objects is None:

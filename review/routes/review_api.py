@@ -10,18 +10,23 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.delivery.queues import QUEUES
 from common.moderation import decisions, history, queue
 from common.moderation.accounts import Identity
 from common.runtime import Runtime
+from common.schema import Listing, Source
 from review.api_models import Claimed, DecisionMade, HistoryPage, Stats, UndoMade, problems
 from review.auth import Reviewer, runtime_of
 from review.idempotency import once
 from review.problems import Problem
 
 router = APIRouter(prefix="/api/v1", tags=["review"])
+# Moderators work for every source: a listing is named by its external id, and by its source
+# too where two sources share that id (409 `ambiguous_listing` otherwise).
+SOURCE = Query(max_length=100, description="The listing's source, where its external id is not enough")
 T = TypeVar("T")
 ReasonName = Literal["low_confidence", "seller_disagrees", "audit_sample"]
 
@@ -74,12 +79,27 @@ async def claim(
     runtime = runtime_of(request)
     lease = runtime.settings.review.review_lease_seconds
     filters = queue.Filters(category or None, reason, min_confidence, max_confidence)
-    claimed = await run_in_threadpool(
-        in_transaction, runtime, lambda s: queue.claim(s, identity.name, lease, filters)
+
+    def take(session: Session) -> dict[str, Any] | None:
+        claimed = queue.claim(session, identity.name, lease, filters)
+        if claimed is None:
+            return None
+        return {
+            "source": _source_of(session, claimed.listing_id),
+            "external_id": claimed.external_id,
+            "lease_expires_at": claimed.expires_at.isoformat(),
+        }
+
+    answer = await run_in_threadpool(in_transaction, runtime, take)
+    return Response(status_code=204) if answer is None else answer
+
+
+def _source_of(session: Session, listing_id: int) -> str:
+    return str(
+        session.execute(
+            select(Source.name).join(Listing, Listing.source_id == Source.id).where(Listing.id == listing_id)
+        ).scalar_one()
     )
-    if claimed is None:
-        return Response(status_code=204)
-    return {"external_id": claimed.external_id, "lease_expires_at": claimed.expires_at.isoformat()}
 
 
 @router.post(
@@ -90,18 +110,34 @@ async def claim(
     responses=problems(400, 401, 403, 404, 409, 422),
 )
 async def decision(
-    request: Request, external_id: str, body: DecisionIn, identity: Identity = Reviewer
+    request: Request,
+    external_id: str,
+    body: DecisionIn,
+    source: Annotated[str | None, SOURCE] = None,
+    identity: Identity = Reviewer,
 ) -> Response:
     runtime = runtime_of(request)
 
-    async def decide() -> Response:
-        row = await run_in_threadpool(
-            in_transaction,
-            runtime,
-            lambda s: decisions.decide(s, identity.name, external_id, body.action, body.category, body.note),
+    def record(session: Session) -> dict[str, Any]:
+        row = decisions.decide(
+            session,
+            identity.name,
+            external_id,
+            body.action,
+            body.category,
+            body.note,
+            decisions.named_source(session, source),
         )
-        made = {"id": row.id, "external_id": external_id, "action": row.action, "category": row.category}
-        return JSONResponse(made)
+        return {
+            "id": row.id,
+            "source": _source_of(session, row.listing_id),
+            "external_id": external_id,
+            "action": row.action,
+            "category": row.category,
+        }
+
+    async def decide() -> Response:
+        return JSONResponse(await run_in_threadpool(in_transaction, runtime, record))
 
     # A retried decision (the answer was lost) gets the first answer, not "already decided".
     return await once(request, await request.body(), decide)
@@ -114,13 +150,23 @@ async def decision(
     response_model=UndoMade,
     responses=problems(401, 403, 404, 409),
 )
-async def undo(request: Request, external_id: str, identity: Identity = Reviewer) -> dict[str, Any]:
+async def undo(
+    request: Request,
+    external_id: str,
+    source: Annotated[str | None, SOURCE] = None,
+    identity: Identity = Reviewer,
+) -> dict[str, Any]:
     runtime = runtime_of(request)
     lease = runtime.settings.review.review_lease_seconds
-    row = await run_in_threadpool(
-        in_transaction, runtime, lambda s: decisions.undo(s, identity.name, external_id, lease)
-    )
-    return {"id": row.id, "external_id": external_id, "reverts": row.reverts_id}
+
+    def revert(session: Session) -> dict[str, Any]:
+        row = decisions.undo(
+            session, identity.name, external_id, lease, decisions.named_source(session, source)
+        )
+        source_name = _source_of(session, row.listing_id)
+        return {"id": row.id, "source": source_name, "external_id": external_id, "reverts": row.reverts_id}
+
+    return await run_in_threadpool(in_transaction, runtime, revert)
 
 
 @router.get(

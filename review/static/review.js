@@ -137,6 +137,7 @@
     undoForm.hidden = !last;
     if (!last) return;
     document.getElementById("undo-id").value = last.external_id;
+    document.getElementById("undo-source").value = last.source;
     const text = document.getElementById("last-text");
     text.replaceChildren(last.action + (last.category ? " → " + last.category : "") + " on ");
     const em = document.createElement("em");

@@ -374,7 +374,7 @@ def _status_inside(stack: Stack) -> None:
     )
     assert all(s["ok"] for s in snapshot["services"].values()), snapshot["services"]
     workers = " ".join(snapshot["workers"])
-    assert all(q in workers for q in ("embed", "explain", "refit")), workers
+    assert all(q in workers for q in ("embed", "explain", "refit", "webhooks")), workers
     log(f"vitrine status inside the stack: {snapshot['services']}, workers {snapshot['workers']}")
 
 

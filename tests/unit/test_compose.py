@@ -33,7 +33,7 @@ def test_the_design_services_are_all_there() -> None:
     for name in ("redis", "postgres", "minio", "migrate", "flower", "metrics"):
         assert name in found, f"compose.yaml has no {name!r} service"
     commands = {name: command_text(service) for name, service in found.items()}
-    for queue in ("embed", "explain", "refit"):
+    for queue in ("embed", "explain", "refit", "webhooks"):
         assert any(cmd == f"vitrine worker {queue}" for cmd in commands.values()), f"no {queue} worker"
     beats = [name for name, cmd in commands.items() if " beat" in cmd]
     assert beats == ["beat"], f"exactly one beat is allowed, found {beats}"

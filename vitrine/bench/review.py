@@ -1,4 +1,5 @@
-"""`vitrine bench review`: latency of claim and of reading a listing, and ingest throughput, over HTTP.
+"""`vitrine bench review`: latency of claim and of reading a listing, ingest throughput, over HTTP;
+webhook delivery throughput and lag beside them (`vitrine.bench.webhooks`).
 
 Runs against a scratch database filled with synthetic flagged suggestions, a private Redis, and a
 `vitrine serve` process of its own; the client is this process. Nothing of it outlives the run.
@@ -24,6 +25,8 @@ from common.db import Database
 from common.moderation import decisions, queue
 from common.moderation.accounts import add_token, add_user
 from common.settings import Settings
+from vitrine.bench import webhooks
+from vitrine.local.receiver import WebhookReceiver
 from vitrine.local.scratch import scratch_stack
 from vitrine.local.services import free_port
 
@@ -105,6 +108,7 @@ def run_review_benchmark(
     settings: Settings, n: int, claims: int, reads: int, ingest_batches: int, log_dir: Path
 ) -> dict[str, Any]:
     server: subprocess.Popen[bytes] | None = None
+    receiver = WebhookReceiver().start()
     with scratch_stack(settings.services.database_url, "vitrine-bench-review") as stack:
         url = stack.database_url
         database = Database(url)
@@ -116,6 +120,8 @@ def run_review_benchmark(
                 add_user(session, "bench", secrets.token_urlsafe(16))
                 review_token = add_token(session, "bench", "review")
                 ingest_token = add_token(session, "bench-shop", "ingest")
+            # Before any decision: each one records its event, and its timing includes that.
+            hook_settings = webhooks.subscribe(database, settings, receiver, "default")
         finally:
             database.dispose()
         port = free_port()
@@ -179,6 +185,20 @@ def run_review_benchmark(
                     assert claimed is not None
                     with database.transaction() as session:
                         decisions.decide(session, "bench", claimed.external_id, "accept")
+
+                def decide_more(count: int) -> int:
+                    made = 0
+                    for _ in range(count):
+                        with database.transaction() as session:
+                            item = queue.claim(session, "bench", settings.review.review_lease_seconds)
+                            if item is None:
+                                break
+                        with database.transaction() as session:
+                            decisions.decide(session, "bench", item.external_id, "accept")
+                        made += 1
+                    return made
+
+                delivered = webhooks.measure(database, hook_settings, receiver, decide_more)
             finally:
                 database.dispose()
             return {
@@ -194,11 +214,13 @@ def run_review_benchmark(
                     "seconds": round(ingest_seconds, 2),
                     "listings_per_s": round(ingest_batches * INGEST_BATCH / ingest_seconds, 1),
                 },
+                "webhooks": delivered,
                 "cpus": os.cpu_count(),
                 # Other processes' load during the run: the figures are only comparable at a similar load.
                 "load_average": [round(x, 2) for x in os.getloadavg()],
             }
         finally:
+            receiver.stop()
             if server is not None:
                 server.terminate()
                 server.wait(timeout=30)

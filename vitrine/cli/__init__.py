@@ -13,7 +13,7 @@ __all__ = ["CommandState", "app", "main", "register"]
 
 def register() -> None:
     # Imported when a command runs, not at import: each module's own imports stay off `--help`.
-    from vitrine.cli import accounts, bench, core, demo, evaluate, explain, ops, serve  # noqa: F401
+    from vitrine.cli import accounts, bench, core, demo, evaluate, explain, ops, serve, webhooks  # noqa: F401
 
 
 def main() -> None:

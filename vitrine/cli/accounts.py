@@ -1,4 +1,5 @@
-"""Moderator accounts and API tokens: `vitrine users ...` and `vitrine tokens ...`."""
+"""Moderator accounts, sources and API tokens: `vitrine users ...`, `vitrine sources ...` and
+`vitrine tokens ...`."""
 
 from __future__ import annotations
 
@@ -22,11 +23,17 @@ from common.moderation.accounts import (
     rotate_token,
 )
 from common.schema import AccountRole, TokenScope
-from vitrine.cli.root import app, console, state
+from common.sources.registry import SourceError, add_source, list_sources, source_names
+from vitrine.cli.root import app, console, render, state, when
 
 users_app = typer.Typer(help="Moderator accounts of the review app.", no_args_is_help=True)
+sources_app = typer.Typer(
+    help="Where listings come from: a marketplace or a storefront, with tokens of its own.",
+    no_args_is_help=True,
+)
 tokens_app = typer.Typer(help="Bearer tokens for the HTTP API.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+app.add_typer(sources_app, name="sources")
 app.add_typer(tokens_app, name="tokens")
 T = TypeVar("T")
 
@@ -49,7 +56,7 @@ def users_add(
     try:
         with state(ctx).runtime.db.transaction() as session:
             add_user(session, name, password, role)
-    except AccountError as error:
+    except (AccountError, SourceError) as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
     console.print(f"user {name} added ({role})")
@@ -64,7 +71,7 @@ def users_list(ctx: typer.Context) -> None:
     for account in accounts:
         disabled = account.disabled_at.isoformat(timespec="seconds") if account.disabled_at else ""
         table.add_row(account.name, account.role, account.created_at.isoformat(timespec="seconds"), disabled)
-    typer.echo(_render(table))
+    typer.echo(render(table))
 
 
 @users_app.command("disable")
@@ -73,10 +80,29 @@ def users_disable(ctx: typer.Context, name: str) -> None:
     try:
         with state(ctx).runtime.db.transaction() as session:
             disable_user(session, name)
-    except AccountError as error:
+    except (AccountError, SourceError) as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
     console.print(f"user {name} disabled")
+
+
+@sources_app.command("add")
+def sources_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Lower-case letters, digits or . _ -, e.g. acme-shop.")],
+) -> None:
+    """Add a source; give it ingest tokens with `vitrine tokens add NAME --scope ingest --source`."""
+    _with_accounts(ctx, lambda session: add_source(session, name))
+    console.print(f"source {name} added")
+
+
+@sources_app.command("list")
+def sources_list(ctx: typer.Context) -> None:
+    """Every source, with its number of listings and of ingest tokens."""
+    table = Table("id", "name", "listings", "tokens", "created")
+    for source, listings, tokens in _with_accounts(ctx, list_sources):
+        table.add_row(str(source.id), source.name, str(listings), str(tokens), when(source.created_at))
+    typer.echo(render(table), nl=False)
 
 
 @tokens_app.command("add")
@@ -87,11 +113,16 @@ def tokens_add(
     expires_in_days: Annotated[
         float | None, typer.Option("--expires-in-days", min=0.001, help="Refused after this many days.")
     ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(help="ingest: the source it sends for and reads from (default: `default`)."),
+    ] = None,
 ) -> None:
     """Make a token; it is printed once, alone on the last line, and only its hash is kept."""
     lifetime = timedelta(days=expires_in_days) if expires_in_days is not None else None
-    token = _with_accounts(ctx, lambda session: add_token(session, name, scope, lifetime))
-    console.print(f"{scope} token for {name} (shown once; keep it secret):")
+    token = _with_accounts(ctx, lambda session: add_token(session, name, scope, lifetime, source))
+    whose = f" of source {source}" if source else ""
+    console.print(f"{scope} token for {name}{whose} (shown once; keep it secret):")
     typer.echo(token)
 
 
@@ -101,27 +132,30 @@ def tokens_list(ctx: typer.Context) -> None:
     now = datetime.now(UTC)
 
     def rows(session: Session) -> list[tuple[str, ...]]:
+        tokens = list_tokens(session)
+        names = source_names(session, {t.source_id for t in tokens if t.source_id is not None})
         return [
             (
                 str(t.id),
                 t.name,
                 t.scope,
+                names.get(t.source_id, "") if t.source_id is not None else "",
                 "revoked"
                 if t.revoked_at
                 else "expired"
                 if t.expires_at and t.expires_at <= now
                 else "active",
-                _when(t.created_at),
-                _when(t.expires_at),
-                _when(t.last_used_at),
+                when(t.created_at),
+                when(t.expires_at),
+                when(t.last_used_at),
             )
-            for t in list_tokens(session)
+            for t in tokens
         ]
 
-    table = Table("id", "name", "scope", "state", "created", "expires", "last used")
+    table = Table("id", "name", "scope", "source", "state", "created", "expires", "last used")
     for row in _with_accounts(ctx, rows):
         table.add_row(*row)
-    typer.echo(_render(table), nl=False)
+    typer.echo(render(table), nl=False)
 
 
 @tokens_app.command("revoke")
@@ -156,19 +190,6 @@ def _with_accounts(ctx: typer.Context, work: Callable[[Session], T]) -> T:
     try:
         with state(ctx).runtime.db.transaction() as session:
             return work(session)
-    except AccountError as error:
+    except (AccountError, SourceError) as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
-
-
-def _when(at: datetime | None) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if at is not None else "-"
-
-
-def _render(table: Table) -> str:
-    from rich.console import Console
-
-    out = Console(width=120, record=True)
-    with out.capture() as captured:
-        out.print(table)
-    return captured.get()

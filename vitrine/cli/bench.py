@@ -77,7 +77,7 @@ def bench_review(
     log_dir: Path = Path(".vitrine/logs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """p50/p95 of claim and of reading a listing, and ingest listings/s, over HTTP on a scratch database."""
+    """p50/p95 of claim and of reading a listing, ingest listings/s, webhook deliveries/s and lag."""
     from vitrine.bench.review import run_review_benchmark
 
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -92,6 +92,11 @@ def bench_review(
     console.print(table)
     ingest = result["ingest"]
     console.print(f"ingest: {ingest['listings_per_s']} listings/s in lists of {ingest['batch']}")
+    hooks = result["webhooks"]
+    console.print(
+        f"webhooks: {hooks['deliveries_per_s']} deliveries/s ({hooks['backlog']} waiting), lag p50 "
+        f"{hooks['lag']['p50_s']} s, p95 {hooks['lag']['p95_s']} s (sender every {hooks['interval_s']} s)"
+    )
 
 
 @bench_app.command("desk")

@@ -12,6 +12,7 @@ import typer
 from rich.progress import Progress
 
 from common.delivery.queues import QUEUES
+from common.sources.registry import SourceError, source_id_named
 from vitrine.cli.root import app, console, state
 from vitrine.local.folder import FolderError, publish_folder
 from workers.command import worker_argv
@@ -44,13 +45,20 @@ def publish(
     seller_share: Annotated[
         float, typer.Option(min=0, max=1, help="Share of listings published with their category.")
     ] = 0.5,
+    source: Annotated[str | None, typer.Option(help="The source they are listings of.")] = None,
 ) -> None:
     """Upload photos to object storage and publish one listing event per photo."""
+    runtime = state(ctx).runtime
+    try:
+        with runtime.db.transaction() as session:
+            source_id = source_id_named(session, source)
+    except SourceError as error:
+        raise typer.BadParameter(str(error), param_hint="--source") from None
     with Progress(console=console) as progress:
         task = progress.add_task("publishing", total=None)
         try:
             published, outcomes = publish_folder(
-                state(ctx).runtime,
+                runtime,
                 images,
                 labels,
                 label_column=label_column,
@@ -58,6 +66,7 @@ def publish(
                 limit=limit,
                 seller_share=seller_share,
                 advance=lambda n: progress.advance(task, n),
+                source_id=source_id,
             )
         except FolderError as error:
             raise typer.BadParameter(str(error)) from None
@@ -66,7 +75,9 @@ def publish(
 
 @app.command()
 def worker(
-    queues: Annotated[str, typer.Argument(help="Comma-separated: embed, explain, refit.")] = "embed",
+    queues: Annotated[
+        str, typer.Argument(help="Comma-separated queues: embed, explain, refit, webhooks.")
+    ] = "embed",
     loglevel: str = "INFO",
 ) -> None:
     """Start a Celery worker for QUEUES with the pool the design needs (never a forking one)."""

@@ -18,21 +18,35 @@ def explain(
     ctx: typer.Context,
     external_id: Annotated[str, typer.Argument(help="The marketplace's id of the listing.")],
     out: Annotated[Path | None, typer.Option(help="Where to write the overlay PNG.")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="The listing's source, where several have this external id.")
+    ] = None,
 ) -> None:
     """Write the Grad-CAM overlay PNG of EXTERNAL_ID, computing and storing it if needed."""
     from common.jobs.explain import explain_listings
     from common.object_store import overlay_url
     from common.schema import Listing, Suggestion
+    from common.sources.registry import AmbiguousListing, SourceError, find_listing, source_id_named
     from common.vision.backbone import Backbone
 
     runtime = state(ctx).runtime
     settings, store = runtime.settings, runtime.store
     with runtime.db.transaction() as session:
-        row = session.execute(
-            select(Listing.id, Suggestion.overlay_key)
-            .outerjoin(Suggestion, Suggestion.listing_id == Listing.id)
-            .where(Listing.external_id == external_id)
-        ).first()
+        try:
+            source_id = None if source is None else source_id_named(session, source)
+            listing = find_listing(session, external_id, source_id)
+        except (SourceError, AmbiguousListing) as error:
+            console.print(f"[red]{error}[/red]")
+            raise typer.Exit(1) from None
+        row = (
+            None
+            if listing is None
+            else session.execute(
+                select(Listing.id, Suggestion.overlay_key)
+                .outerjoin(Suggestion, Suggestion.listing_id == Listing.id)
+                .where(Listing.id == listing.id)
+            ).first()
+        )
     if row is None:
         console.print(f"[red]no listing {external_id!r}[/red]")
         raise typer.Exit(1)

@@ -6,10 +6,12 @@ Settings are read once per invocation, when a command first needs them, and hand
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import cached_property
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from common.ops import logs
 from common.runtime import Runtime
@@ -53,3 +55,18 @@ def state(ctx: typer.Context) -> CommandState:
     root = ctx.find_root()
     assert isinstance(root.obj, CommandState)
     return root.obj
+
+
+def render(table: Table, width: int = 160) -> str:
+    """A table as plain text for stdout (rich's own console writes to stderr)."""
+    out = Console(width=width, record=True)
+    with out.capture() as captured:
+        out.print(table)
+    return captured.get()
+
+
+def when(at: datetime | None, seconds: bool = False) -> str:
+    """A time in UTC for a table cell; "-" for none."""
+    if at is None:
+        return "-"
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from common.listings.events import ListingEvent, publish_listings
 from common.runtime import Runtime
+from common.schema import DEFAULT_SOURCE_ID
 from common.suggestions.sampling import stable_fraction
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
@@ -60,8 +61,10 @@ def publish_folder(
     limit: int | None = None,
     seller_share: float = 0.5,
     advance: Callable[[int], None] | None = None,
+    source_id: int = DEFAULT_SOURCE_ID,
 ) -> tuple[list[PublishedPhoto], dict[str, int]]:
-    """Upload a folder's photos and publish one listing per photo (listing id = file stem)."""
+    """Upload a folder's photos and publish one listing per photo (listing id = file stem), as
+    listings of `source_id`."""
     settings = runtime.settings
     paths = list_images(images, limit)
     categories = read_labels(labels, label_column) if labels else {}
@@ -85,7 +88,7 @@ def publish_folder(
                 )
             )
             published.append(PublishedPhoto(path.stem, category, given))
-        for result in publish_listings(runtime, events):
+        for result in publish_listings(runtime, events, source_id):
             outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
         if advance is not None:
             advance(len(events))

@@ -140,6 +140,7 @@ def background_commands(state_dir: Path, review_port: int) -> dict[str, list[str
         "worker-embed": [*vitrine, "worker", "embed"],
         "worker-explain": [*vitrine, "worker", "explain"],
         "worker-refit": [*vitrine, "worker", "refit"],
+        "worker-webhooks": [*vitrine, "worker", "webhooks"],
         "beat": [*celery, "beat", "--schedule", str(state_dir / "celerybeat-schedule"), "--loglevel", "INFO"],
         "flower": [*vitrine, "flower", "--address", "127.0.0.1"],
         "metrics": [*vitrine, "metrics", "--address", "127.0.0.1"],

@@ -38,3 +38,7 @@ def test_bench_review_measures_claims_reads_and_ingest(settings: Settings, tmp_p
     assert figures["claim"]["n"] == 5 and figures["claim_in_process"]["n"] == 5
     assert figures["get_listing"]["n"] == 5
     assert figures["ingest"]["listings"] == 500 and figures["ingest"]["listings_per_s"] > 0
+    # Every decision's event reached the bench's receiver once: the 10 above, then the live ones.
+    hooks = figures["webhooks"]
+    assert hooks["backlog"] == 10 and hooks["live"] > 0 and hooks["delivered_once"]
+    assert hooks["deliveries_per_s"] > 0 and hooks["lag"]["p95_s"] >= hooks["lag"]["p50_s"] >= 0

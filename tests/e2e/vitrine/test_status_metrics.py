@@ -184,7 +184,7 @@ def test_status_json_reports_the_known_state(
     assert report["last_refit"]["seconds"] == 2.5
     assert report["embeddings"] == {"total": 3, "last_300s": 2}
     # The priority-9 embed message sits in kombu's second list for that queue.
-    assert report["queues"] == {"embed": 1, "explain": 2, "refit": 0}
+    assert report["queues"] == {"embed": 1, "explain": 2, "refit": 0, "webhooks": 0}
     assert report["workers"] == []
     assert all(state["ok"] for state in report["services"].values())
     assert set(report["services"]) == {"postgres", "redis", "s3"}

@@ -24,6 +24,7 @@ OPERATIONS = {
     ("post", "/api/v1/review/{external_id}/undo"): "undoDecision",
     ("get", "/api/v1/review/history"): "listDecisions",
     ("get", "/api/v1/stats"): "getStats",
+    ("get", "/api/v1/webhooks/deliveries"): "listWebhookDeliveries",
 }
 
 

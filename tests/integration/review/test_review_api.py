@@ -185,5 +185,5 @@ def test_stats_count_waiting_items_and_labels(client: TestClient, tokens: Tokens
     assert stats["labels"] == {"moderators": 1, "sellers": 2}
     assert stats["clustering_versions"][0]["ari"] == 0.5
     assert stats["current_clusters"][0] == {"cluster": 0, "size": 10, "category": "Watches"}
-    assert set(stats["queue_depths"]) == {"embed", "explain", "refit"}
+    assert set(stats["queue_depths"]) == {"embed", "explain", "refit", "webhooks"}
     assert sum(h["count"] for h in stats["decisions_per_hour"]) == 1

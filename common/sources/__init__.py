@@ -1,0 +1,1 @@
+"""The marketplaces and storefronts listings come from (`registry`): each owns its listings."""
