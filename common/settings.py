@@ -114,9 +114,9 @@ class BackboneSettings(Group):
     model: str = DEFAULT_MODEL
     weights: Path | None = None
     device: str = "auto"
-    # fp32; int8 (CPU only: the Linear layers quantised dynamically, part of the backbone id so
-    # int8 and fp32 embeddings never share a clustering); bf16 (CUDA autocast). "auto": bf16 on
-    # CUDA, fp32 on CPU. Checked against the device when a worker starts.
+    # fp32; int8 (CPU only: Linear layers quantised dynamically; in the backbone id, so int8 and
+    # fp32 embeddings never share a clustering); bf16 (autocast: CUDA, or a CPU with AVX-512 BF16
+    # or AMX, in the id there too). "auto": bf16 on CUDA, fp32 on CPU. Checked at start.
     precision: Literal["auto", "fp32", "int8", "bf16"] = "auto"
     # torch's intra-op threads; unset: the CPUs this process may run on (not the host's count,
     # which oversubscribes a container limited to a few of them).

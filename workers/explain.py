@@ -41,7 +41,8 @@ def backbone() -> Backbone:
             settings = runtime().settings
             if settings.backbone.precision == "int8":
                 # Grad-CAM needs gradients, which int8 layers have not: the same weights in fp32
-                # explain the int8 embedding's decision.
+                # explain the int8 embedding's decision. (A bf16 CPU worker's are fp32 too: a
+                # backbone loaded with its classifier is Grad-CAM's, `Backbone.load`.)
                 settings = settings.replace(precision="fp32")
             from common.vision.backbone import Backbone
 

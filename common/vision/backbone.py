@@ -33,10 +33,43 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "int8", "bf16")
 
 
-# Precisions whose embeddings differ enough from fp32 that they never share a clustering with it.
-# bf16 autocast keeps fp32 weights and accumulation, and every embedding made on CUDA so far was
-# made with it, so it keeps the plain id.
+# Precisions whose embeddings differ enough from fp32 that they never share a clustering with it:
+# int8, and bf16 on a CPU (where fp32 made every embedding so far). bf16 on CUDA keeps the plain
+# id: every embedding made on CUDA so far was made with its autocast.
 SEPARATE_ID_PRECISIONS = ("int8",)
+# oneDNN's ISA levels (ONEDNN_MAX_CPU_ISA caps the one it uses), lowest first, from the first
+# that computes bf16 in hardware: AVX-512 BF16 (Cooper Lake, Zen 4 and later), then AMX tiles
+# (Sapphire Rapids and later). Older names are oneDNN's aliases of the same levels.
+ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16")
+ONEDNN_AMX_ISAS = ("AVX10_1_512_AMX", "AVX512_CORE_AMX", "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16")
+ONEDNN_ALL_ISAS = ("", "ALL", "DEFAULT", "AVX10_2_512", "AVX10_2_512_AMX_2")
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags as the kernel reports them (Linux; elsewhere, none known)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16() -> str | None:
+    """How this CPU computes bf16 in hardware: "amx", "avx512_bf16", or None (only emulated).
+
+    Read from the CPU's flags (`amx_bf16`, `avx512_bf16` in /proc/cpuinfo), never assumed from
+    the vendor; and capped by ONEDNN_MAX_CPU_ISA when set, since oneDNN (torch's CPU convolutions
+    and matrix products) then uses no instruction above that level.
+    """
+    flags = _cpu_flags()
+    found = "amx" if {"amx_bf16", "amx_tile"} <= flags else "avx512_bf16" if "avx512_bf16" in flags else None
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    if found is None or cap in ONEDNN_ALL_ISAS or cap in ONEDNN_AMX_ISAS:
+        return found
+    return "avx512_bf16" if cap in ONEDNN_BF16_ISAS else None
 
 
 class WeightsUnavailable(ConfigError):
@@ -52,16 +85,27 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """The precision a backbone runs at on `device`; a combination that cannot run is refused."""
+    """The precision a backbone runs at on `device`; a combination that cannot run is refused.
+
+    "auto": bf16 on CUDA; on a CPU, fp32, unless AUTO_BF16_ON_CPU and the CPU computes bf16 in
+    hardware (`native_bf16`). bf16 on a CPU without it is refused: it would only be emulated.
+    """
     if requested == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        if device.type == "cuda":
+            return "bf16"
+        return "bf16" if AUTO_BF16_ON_CPU and native_bf16() is not None else "fp32"
     if requested == "int8" and device.type != "cpu":
         raise ConfigError(
             f"VITRINE_PRECISION: int8 (dynamic quantisation) runs on CPU only, not on {device}; "
             "use bf16 or fp32"
         )
-    if requested == "bf16" and device.type != "cuda":
-        raise ConfigError(f"VITRINE_PRECISION: bf16 is for CUDA, not {device}; on CPU use fp32 or int8")
+    if requested == "bf16" and device.type == "cpu" and native_bf16() is None:
+        raise ConfigError(
+            "VITRINE_PRECISION: bf16 needs a CPU that computes it in hardware (AVX-512 BF16 or AMX); "
+            "this one would only emulate it, slower than fp32: use fp32 or int8"
+        )
+    if requested == "bf16" and device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"VITRINE_PRECISION: bf16 runs on CUDA or a CPU, not {device}")
     if requested not in PRECISIONS:
         raise ConfigError(f"VITRINE_PRECISION: {requested!r} is not one of {', '.join(PRECISIONS)}")
     return requested
@@ -100,6 +144,13 @@ def quantize_int8(model: TimmModel) -> TimmModel:
         warnings.simplefilter("ignore", FutureWarning)
         warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
         return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+# Whether "auto" picks bf16 on a CPU that computes it. Not yet: on the Flipkart photos with the
+# pretrained efficientnet_lite0, bf16 (autocast, the best variant) missed the quality bounds of
+# docs/performance.md ("bf16 on a CPU": a photo's cosine to fp32 down to 0.989, under 0.99), so
+# bf16 on a CPU is there when asked for, and "auto" stays fp32.
+AUTO_BF16_ON_CPU = False
 
 
 def _weights_digest(model: torch.nn.Module, classifier: str | None) -> str:
@@ -193,6 +244,9 @@ class Backbone:
     ) -> Backbone:
         torch_device = resolve_device(device)
         precision = resolve_precision(precision, torch_device)
+        if with_classifier and precision == "bf16" and torch_device.type == "cpu":
+            # With its classifier a backbone is Grad-CAM's, whose gradients stay fp32 on a CPU.
+            precision = "fp32"
         model, pretrained = create_model(
             name,
             weights,
@@ -213,7 +267,8 @@ class Backbone:
         # The crop and the precision are part of the id: vectors of the same photo under two
         # crops, or at int8 and fp32, never mix in one clustering.
         suffix = "" if crop == "center" else f"/{crop}"
-        suffix += f"+{precision}" if precision in SEPARATE_ID_PRECISIONS else ""
+        separate = precision in SEPARATE_ID_PRECISIONS or (precision == "bf16" and torch_device.type == "cpu")
+        suffix += f"+{precision}" if separate else ""
         return cls(
             name=name,
             model=model,
@@ -263,9 +318,14 @@ class Backbone:
         return self.transform(image)
 
     def autocast(self) -> Any:
-        # bf16 on CUDA halves memory traffic; CPU stays fp32 (bf16 is slow on most CPUs).
+        """bf16 autocast, on CUDA and on a CPU alike: fp32 weights, bf16 products.
+
+        On a CPU it was measured against the whole model in bf16, with and without
+        channels_last, with and without torch.compile, and with norms kept in fp32: all as fast
+        as each other, autocast the closest to fp32 (docs/performance.md, "bf16 on a CPU").
+        """
         if self.precision == "bf16":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def to_device(self, batch: torch.Tensor) -> torch.Tensor:

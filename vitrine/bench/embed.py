@@ -26,7 +26,7 @@ from common.listings.events import ListingEvent, publish_listings
 from common.runtime import Runtime
 from common.schema import Listing, ListingStatus
 from common.settings import Settings, with_environment
-from common.vision.backbone import Backbone, set_torch_threads
+from common.vision.backbone import Backbone, native_bf16, set_torch_threads
 from common.vision.batch import embed_prepared, prepare_batch
 from vitrine.local.scratch import scratch_stack
 from vitrine.local.services import (
@@ -54,9 +54,18 @@ class EmbedBenchmark:
     # The model alone: forward passes over already prepared photos at the same batch size.
     forward_ips: float
     ratio_pipeline_forward: float
-    # In-process loop at fp32, same photos, same run (interleaved with the chosen precision).
+    # In-process loop at fp32 (and, on a CPU, at int8), same photos, same run, interleaved round
+    # by round with the chosen precision: `rounds` each, means here, every round in `rounds_ips`.
     fp32_inprocess_ips: float
     ratio_precision_fp32: float
+    int8_inprocess_ips: float | None
+    ratio_precision_int8: float | None
+    rounds_ips: dict[str, list[float]]
+    # Each photo's embedding at the chosen precision against its fp32 one (None at fp32).
+    cosine_to_fp32_mean: float | None
+    cosine_to_fp32_min: float | None
+    # How the CPU computes bf16 (`common.vision.backbone.native_bf16`): amx, avx512_bf16 or None.
+    cpu_bf16: str | None
     # Peak CUDA memory of the in-process measurements (the worker is another process); CPU: None.
     peak_gpu_memory_mib: float | None
 
@@ -188,18 +197,28 @@ def _count(runtime: Runtime, external_ids: list[str], *, done: bool) -> int:
 
 
 def compare_precisions(
-    backbone: Backbone, reference: Backbone | None, photos: list[bytes], settings: Settings, batch_size: int
-) -> tuple[float, float]:
-    """In-process images/s of `backbone` and of its fp32 `reference`, interleaved over two rounds
-    so that a machine whose load changes meanwhile affects both alike; means of the rounds."""
-    if reference is None:
-        value = inprocess_ips(backbone, photos, settings, batch_size)
-        return value, value
-    chosen, fp32 = [], []
-    for _ in range(2):
-        chosen.append(inprocess_ips(backbone, photos, settings, batch_size))
-        fp32.append(inprocess_ips(reference, photos, settings, batch_size))
-    return float(np.mean(chosen)), float(np.mean(fp32))
+    backbones: dict[str, Backbone], photos: list[bytes], settings: Settings, batch_size: int, rounds: int
+) -> dict[str, list[float]]:
+    """In-process images/s of each backbone, interleaved round by round, so that a machine whose
+    load changes meanwhile affects every precision alike."""
+    measured: dict[str, list[float]] = {name: [] for name in backbones}
+    for _ in range(rounds):
+        for name, backbone in backbones.items():
+            measured[name].append(round(inprocess_ips(backbone, photos, settings, batch_size), 3))
+    return measured
+
+
+def cosine_to_reference(
+    backbone: Backbone, reference: Backbone, photos: list[bytes], settings: Settings, batch_size: int
+) -> np.ndarray:
+    """Each photo's cosine between its embedding by `backbone` and by `reference` (unit vectors)."""
+    cosines = []
+    for start in range(0, len(photos), batch_size):
+        chunk = photos[start : start + batch_size]
+        ours = embed_prepared(backbone, prepare_batch(backbone, chunk, bytes, settings))
+        theirs = embed_prepared(reference, prepare_batch(reference, chunk, bytes, settings))
+        cosines.append(np.sum(ours * theirs, axis=1))
+    return np.concatenate(cosines)
 
 
 def run_embed_benchmark(
@@ -212,6 +231,7 @@ def run_embed_benchmark(
     images: Path | None,
     log_dir: Path,
     precision: str | None = None,
+    rounds: int = 2,
 ) -> EmbedBenchmark:
     photos = folder_photos(images, n) if images else synthetic_photos(n)
     threads = set_torch_threads(settings.backbone.torch_threads)
@@ -230,14 +250,25 @@ def run_embed_benchmark(
         ).with_decode(settings.backbone.decode)
 
     backbone = load(precision)
-    reference = None
-    if backbone.precision != "fp32":
-        torch.manual_seed(0)
-        reference = load("fp32")
+    compared = {backbone.precision: backbone}
+    # bf16 on a CPU is compared with int8 too: the other way to trade precision for speed there.
+    cpu_bf16 = backbone.precision == "bf16" and backbone.device.type == "cpu"
+    for other in ("fp32", "int8"):
+        if other not in compared and (other == "fp32" or cpu_bf16):
+            torch.manual_seed(0)
+            compared[other] = load(other)
     if backbone.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(backbone.device)
-    inprocess, fp32_inprocess = compare_precisions(backbone, reference, photos, settings, batch_size)
-    del reference
+    cosine = (
+        cosine_to_reference(backbone, compared["fp32"], photos, settings, batch_size)
+        if backbone.precision != "fp32"
+        else None
+    )
+    measured = compare_precisions(compared, photos, settings, batch_size, rounds)
+    inprocess = float(np.mean(measured[backbone.precision]))
+    fp32_inprocess = float(np.mean(measured["fp32"]))
+    int8_inprocess = float(np.mean(measured["int8"])) if "int8" in measured else None
+    del compared
     forward = forward_ips(backbone, photos, settings, batch_size)
     inprocess_1 = inprocess_ips(backbone, photos, settings, 1)
     peak = (
@@ -284,6 +315,12 @@ def run_embed_benchmark(
         ratio_pipeline_forward=round(pipeline / forward, 3),
         fp32_inprocess_ips=round(fp32_inprocess, 3),
         ratio_precision_fp32=round(inprocess / fp32_inprocess, 3),
+        int8_inprocess_ips=round(int8_inprocess, 3) if int8_inprocess is not None else None,
+        ratio_precision_int8=round(inprocess / int8_inprocess, 3) if int8_inprocess else None,
+        rounds_ips=measured,
+        cosine_to_fp32_mean=round(float(cosine.mean()), 5) if cosine is not None else None,
+        cosine_to_fp32_min=round(float(cosine.min()), 5) if cosine is not None else None,
+        cpu_bf16=native_bf16() if device.type == "cpu" else None,
         peak_gpu_memory_mib=peak,
     )
 

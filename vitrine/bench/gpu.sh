@@ -8,7 +8,7 @@
 # work where no GPU is at hand).
 #
 # usage: vitrine/bench/gpu.sh [--device cuda] [--model convnext_base] [--precision bf16]
-#          [--decode device|pillow] [--n 2048] [--batch-size 128] [--gflop-per-image 30.8]
+#          [--decode "device pillow"] [--n 2048] [--batch-size "32 64 128"] [--gflop-per-image 30.8]
 #          [--peak-tflops T]
 set -euo pipefail
 
@@ -49,6 +49,12 @@ if [ "$device" != cpu ] && command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2
 fi
 
-result=$("$venv/bin/vitrine" bench embed --model "$model" --device "$device" --precision "$precision" \
-    --decode "$decode" --n "$n" --batch-size "$batch" --json)
-echo "$result" | "$venv/bin/python" -m vitrine.bench.gpu --gflop-per-image "$gflop" ${peak:+--peak-tflops "$peak"}
+# `--batch-size` and `--decode` take space-separated lists ("32 64 128", "device pillow"): one
+# JSON line per combination, each with bf16 (or the precision asked) against fp32 in its run.
+for one_batch in $batch; do
+    for one_decode in $decode; do
+        result=$("$venv/bin/vitrine" bench embed --model "$model" --device "$device" --precision "$precision" \
+            --decode "$one_decode" --n "$n" --batch-size "$one_batch" --json)
+        echo "$result" | "$venv/bin/python" -m vitrine.bench.gpu --gflop-per-image "$gflop" ${peak:+--peak-tflops "$peak"}
+    done
+done

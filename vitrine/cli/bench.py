@@ -25,8 +25,12 @@ def bench_embed(
     batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     images: Annotated[Path | None, typer.Option(help="Photos to use; synthetic ones if omitted.")] = None,
     precision: Annotated[
-        str | None, typer.Option(help="fp32, int8 (CPU) or bf16 (CUDA); default VITRINE_PRECISION.")
+        str | None,
+        typer.Option(
+            help="fp32, int8 (CPU) or bf16 (CUDA; a CPU with AVX-512 BF16 or AMX); default VITRINE_PRECISION"
+        ),
     ] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved in-process rounds per precision.")] = 2,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     decode: Annotated[
         str | None,
@@ -53,6 +57,7 @@ def bench_embed(
         images=images,
         log_dir=log_dir,
         precision=precision,
+        rounds=rounds,
     )
     if as_json:
         print(json.dumps(result.as_dict()))

@@ -44,7 +44,7 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     precision: Annotated[
-        str, typer.Option(help="fp32, or int8 (CPU) / bf16 (CUDA) measured beside fp32 in one report.")
+        str, typer.Option(help="fp32, or int8 (CPU) / bf16 (CUDA, CPU with bf16) beside fp32 in one report.")
     ] = "fp32",
 ) -> None:
     """Embed each photo once per model; report ARI/NMI of KMeans and held-out suggestion accuracy."""

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from common.settings import load_settings
-from common.vision.backbone import Backbone, WeightsUnavailable
+from common.settings import ConfigError, load_settings
+from common.vision.backbone import Backbone, WeightsUnavailable, native_bf16
 from tests.conftest import FLIPKART, LITE0_WEIGHTS
 
 
@@ -134,4 +134,36 @@ def test_int8_quantises_the_linear_layers_and_has_its_own_backbone_id(tmp_path: 
 def test_fp32_keeps_the_plain_backbone_id() -> None:
     backbone = Backbone.load("efficientnet_lite0", LITE0_WEIGHTS, "cpu", precision="fp32")
     assert "+" not in backbone.backbone_id
+    # "auto" on a CPU is fp32, whatever the CPU computes (AUTO_BF16_ON_CPU, docs/performance.md).
     assert Backbone.load("efficientnet_lite0", LITE0_WEIGHTS, "cpu").backbone_id == backbone.backbone_id
+
+
+def test_bf16_on_a_cpu_runs_where_the_cpu_computes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where this CPU has AVX-512 BF16 or AMX: bf16 autocast under an id of its own, close to fp32
+    on real photos, and Grad-CAM's backbone (with its classifier) in fp32. Elsewhere: refused."""
+    if native_bf16() is None:
+        with pytest.raises(ConfigError, match="VITRINE_PRECISION: bf16 needs a CPU"):
+            Backbone.load("efficientnet_lite0", LITE0_WEIGHTS, "cpu", precision="bf16")
+        return
+    fp32 = Backbone.load("efficientnet_lite0", LITE0_WEIGHTS, "cpu", precision="fp32")
+    bf16 = Backbone.load("efficientnet_lite0", LITE0_WEIGHTS, "cpu", precision="bf16")
+    assert bf16.backbone_id == fp32.backbone_id + "+bf16" and bf16.weights_id == fp32.backbone_id
+    # Autocast: the weights stay fp32, the products are bf16.
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.float32}
+    assert bf16.autocast().fast_dtype == torch.bfloat16
+    photos = _photos(16)
+    a, b = fp32.embed_images(photos), bf16.embed_images(photos)
+    assert b.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    cosines = (a * b).sum(axis=1)
+    assert cosines.min() > 0.98 and not np.allclose(a, b, atol=1e-6)
+    explainer = Backbone.load(
+        "efficientnet_lite0", LITE0_WEIGHTS, "cpu", precision="bf16", with_classifier=True
+    )
+    assert explainer.precision == "fp32" and "+" not in explainer.backbone_id
+    # The same CPU with oneDNN capped below bf16 computes it no faster than fp32: refused.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
+    with pytest.raises(ConfigError, match="VITRINE_PRECISION: bf16 needs a CPU"):
+        Backbone.load("efficientnet_lite0", LITE0_WEIGHTS, "cpu", precision="bf16")
