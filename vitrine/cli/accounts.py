@@ -24,7 +24,7 @@ from common.moderation.accounts import (
 )
 from common.schema import AccountRole, TokenScope
 from common.sources.registry import SourceError, add_source, list_sources, source_names
-from vitrine.cli.root import app, console, render, state, when
+from vitrine.cli.root import app, console, refusing, render, state, when
 
 users_app = typer.Typer(help="Moderator accounts of the review app.", no_args_is_help=True)
 sources_app = typer.Typer(
@@ -53,12 +53,7 @@ def users_add(
             "give the password on stdin with --password-stdin", param_hint="--password-stdin"
         )
     password = sys.stdin.readline().rstrip("\r\n")
-    try:
-        with state(ctx).runtime.db.transaction() as session:
-            add_user(session, name, password, role)
-    except (AccountError, SourceError) as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
+    _with_accounts(ctx, lambda session: add_user(session, name, password, role))
     console.print(f"user {name} added ({role})")
 
 
@@ -77,12 +72,7 @@ def users_list(ctx: typer.Context) -> None:
 @users_app.command("disable")
 def users_disable(ctx: typer.Context, name: str) -> None:
     """Disable an account: its sessions and review tokens stop working at once."""
-    try:
-        with state(ctx).runtime.db.transaction() as session:
-            disable_user(session, name)
-    except (AccountError, SourceError) as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
+    _with_accounts(ctx, lambda session: disable_user(session, name))
     console.print(f"user {name} disabled")
 
 
@@ -187,9 +177,4 @@ def tokens_rotate(
 
 
 def _with_accounts(ctx: typer.Context, work: Callable[[Session], T]) -> T:
-    try:
-        with state(ctx).runtime.db.transaction() as session:
-            return work(session)
-    except (AccountError, SourceError) as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
+    return refusing(ctx, work, AccountError, SourceError)

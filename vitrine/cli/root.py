@@ -6,12 +6,15 @@ Settings are read once per invocation, when a command first needs them, and hand
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cached_property
+from typing import TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from common.ops import logs
 from common.runtime import Runtime
@@ -19,6 +22,7 @@ from common.settings import Settings, load_settings
 
 app = typer.Typer(help="Vitrine: categorise marketplace listings from their photos.", no_args_is_help=True)
 console = Console(stderr=True)
+T = TypeVar("T")
 
 
 class CommandState:
@@ -70,3 +74,14 @@ def when(at: datetime | None, seconds: bool = False) -> str:
     if at is None:
         return "-"
     return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
+def refusing(ctx: typer.Context, work: Callable[[Session], T], *refused: type[Exception]) -> T:
+    """`work` in one transaction; a `refused` error rolls it back and ends the command (exit 2)
+    with its message, which says why."""
+    try:
+        with state(ctx).runtime.db.transaction() as session:
+            return work(session)
+    except refused as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None

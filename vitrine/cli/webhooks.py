@@ -22,7 +22,7 @@ from common.webhooks.subscriptions import (
     remove_subscription,
     set_paused,
 )
-from vitrine.cli.root import app, console, render, state, when
+from vitrine.cli.root import app, console, refusing, render, state, when
 
 webhooks_app = typer.Typer(
     help="Webhooks: a source's receivers of listing events, and what was delivered to them.",
@@ -146,12 +146,7 @@ def webhooks_deliveries(
 
 
 def _with_webhooks(ctx: typer.Context, work: Callable[[Session], T]) -> T:
-    try:
-        with state(ctx).runtime.db.transaction() as session:
-            return work(session)
-    except (WebhookError, SourceError) as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
+    return refusing(ctx, work, WebhookError, SourceError)
 
 
 def _iso(value: object) -> str:
